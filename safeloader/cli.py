@@ -1,0 +1,56 @@
+"""The ``safeloader`` command: a thin dispatcher over :mod:`safeloader.commands`.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from safeloader.errors import SafeLoaderError
+
+# Module names under safeloader.commands, in the order `--help` lists them.
+COMMANDS = ("demo", "fetch", "lock", "keygen", "sign", "audit", "doctor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="safeloader",
+        description="Load diffusers custom pipelines from untrusted sources: pinned, verified, audited, sandboxed.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"safeloader.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"safeloader.commands.{name}":
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="safeloader: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args))
+    except SafeLoaderError as exc:
+        print(f"safeloader: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Every failure a user can cause ends in a :class:`SafeLoaderError` subclass.
+
+Messages follow one rule: say what happened, then what to do next, in one sentence.
+"""
+
+from __future__ import annotations
+
+
+class SafeLoaderError(Exception):
+    """Base class of every error safeloader raises on purpose."""
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+
+class PolicyError(SafeLoaderError):
+    """A policy file is missing, malformed, or names an unknown key or value."""
+
+
+class PolicyViolation(SafeLoaderError):
+    """The request is well-formed but the policy forbids it."""
+
+
+class SourceDenied(PolicyViolation):
+    """The pipeline source is not allowed by the policy's ``[sources]`` table."""
+
+
+class UnpinnedRevisionError(PolicyViolation):
+    """The policy requires a 40-hex commit and a branch or tag was given."""
+
+
+class SignatureRequiredError(PolicyViolation):
+    """The policy requires a signature and the pipeline carries none."""
+
+
+class RemoteCodeNotTrusted(PolicyViolation):
+    """Remote code would run but ``trust_remote_code`` is not set."""
+
+
+class PickleWeightsRefused(PolicyViolation):
+    """The model ships pickle weights and ``[weights] allow_pickle`` is false."""
+
+
+class AuditDenied(PolicyViolation):
+    """The static audit's verdict is ``deny`` under the policy."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+# --- resolve ----------------------------------------------------------------------------------
+
+
+class ResolveError(SafeLoaderError):
+    """The pipeline could not be located or fetched."""
+
+
+class InvalidSpecError(ResolveError):
+    """The ``custom_pipeline`` value is not a path, repo id or community name."""
+
+
+class RepoNotFoundError(ResolveError):
+    """The Hub repository does not exist or is not accessible."""
+
+
+class RevisionNotFoundError(ResolveError):
+    """The requested branch, tag or commit does not exist in the repository."""
+
+
+class EntryFileNotFoundError(ResolveError):
+    """The repository or directory has no pipeline file where one was expected."""
+
+
+class PathTraversalError(ResolveError):
+    """A file name or relative import would leave the pipeline's root."""
+
+
+class DownloadError(ResolveError):
+    """A download failed or was cut short; nothing was stored."""
+
+
+# --- verify / cache ---------------------------------------------------------------------------
+
+
+class IntegrityError(SafeLoaderError):
+    """Bytes do not match the hash they were recorded or verified with."""
+
+
+class LockfileError(SafeLoaderError):
+    """A lockfile is missing, malformed, or does not cover the requested pipeline."""
+
+
+class LockDriftError(IntegrityError):
+    """The resolved pipeline differs from what the lockfile pins."""
+
+
+class SignatureError(SafeLoaderError):
+    """A signature is malformed or does not verify."""
+
+
+class UnknownKeyError(SignatureError):
+    """The signature was made by a key the policy does not trust."""
+
+
+class CacheError(SafeLoaderError):
+    """The safeloader cache could not be read or written."""
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+class AuditError(SafeLoaderError):
+    """The audit could not run (unreadable or unparsable input); never treated as clean."""
+
+
+# --- sandbox and worker -----------------------------------------------------------------------
+
+
+class SandboxError(SafeLoaderError):
+    """A sandbox layer required by the policy could not be set up."""
+
+
+class WorkerError(SafeLoaderError):
+    """The sandboxed worker failed, misbehaved, or sent something invalid."""
+
+
+class WorkerCrashed(WorkerError):
+    """The worker process died."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class WorkerTimeout(WorkerError):
+    """The worker did not answer within the policy's time limit and was killed."""
+
+
+class ProtocolError(WorkerError):
+    """A message broke the IPC protocol or its limits; the worker was killed."""
+
+
+class RemoteError(WorkerError):
+    """An exception was raised inside the worker; its type and traceback arrive as text."""
+
+    def __init__(self, message: str, *, type_name: str = "", traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.traceback_text = traceback_text

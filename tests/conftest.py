@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny random model, an isolated safeloader cache, and (in fixtures/) a loopback Hub."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from safeloader._demo.tiny_model import build_tiny_model
+
+pytest_plugins = ["tests.fixtures.hub_plugin"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random UNet2DModel + DDPMScheduler saved with save_pretrained (shared, do not modify)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "ddpm")
+
+
+@pytest.fixture
+def tiny_model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the tiny model."""
+    dest = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, dest)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def isolated_safeloader_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own safeloader cache and never touches the user's."""
+    cache = tmp_path_factory.mktemp("safeloader-cache")
+    monkeypatch.setenv("SAFELOADER_CACHE", str(cache))
+    monkeypatch.delenv("SAFELOADER_POLICY", raising=False)
+    yield cache
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda = False
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(skip_gpu)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests must never reach a real Hub: a loopback endpoint is set per test by the hub fixture.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
