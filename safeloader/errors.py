@@ -149,3 +149,7 @@ class RemoteError(WorkerError):
         super().__init__(message)
         self.type_name = type_name
         self.traceback_text = traceback_text
+
+
+class UnsupportedValueError(WorkerError):
+    """A value cannot cross the IPC boundary: its type is not data, or it is over a limit."""

@@ -1,1 +1,17 @@
-"""resolve"""
+"""Resolve ``custom_pipeline`` values to pinned, hashed, cached files (see :mod:`safeloader.resolve.resolver`)."""
+
+from safeloader.resolve.cache import Cache, cache_root
+from safeloader.resolve.hub import hub_endpoint, resolve_commit
+from safeloader.resolve.manifest import Manifest
+from safeloader.resolve.resolver import resolve_local_files, resolve_pipeline, resolve_repo_files
+
+__all__ = [
+    "Cache",
+    "Manifest",
+    "cache_root",
+    "hub_endpoint",
+    "resolve_commit",
+    "resolve_local_files",
+    "resolve_pipeline",
+    "resolve_repo_files",
+]

@@ -44,6 +44,11 @@ class Manifest:
     blob_root: Path
     #: Free-form facts recorded at resolution (e.g. ``{"unpinned_warning": "…"}``).
     notes: Mapping[str, str] = field(default_factory=dict)
+    #: Folder of the repo that is the pipeline root (``v0.42.1`` for community pipelines, else ``""``);
+    #: ``files`` keys are relative to it.
+    subfolder: str = ""
+    #: sha256 of the ``safeloader.sig`` file fetched at ``commit`` (its bytes live in the blob store).
+    signature_sha256: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -78,8 +83,14 @@ class Manifest:
         return {rel: self.read_verified(rel) for rel in sorted(self.files)}
 
     def canonical_bytes(self) -> bytes:
-        """The bytes a signature covers: repo, commit and file hashes, in canonical JSON."""
-        body = {"repo": self.repo, "commit": self.commit, "files": dict(sorted(self.files.items()))}
+        """Repo, commit and file hashes in canonical JSON: the identity of the resolved code.
+
+        In-repo signatures cannot cover the commit that contains them; they sign
+        :func:`safeloader.verify.signatures.signed_fields` instead (repo, subfolder, entry, files).
+        """
+        body: dict[str, Any] = {"repo": self.repo, "commit": self.commit, "files": dict(sorted(self.files.items()))}
+        if self.subfolder:
+            body["subfolder"] = self.subfolder
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -95,6 +106,8 @@ class Manifest:
             "files": dict(sorted(self.files.items())),
             "fetched_at": self.fetched_at,
             "notes": dict(self.notes),
+            "subfolder": self.subfolder,
+            "signature_sha256": self.signature_sha256,
         }
 
     @classmethod
@@ -121,6 +134,8 @@ class Manifest:
                 fetched_at=data["fetched_at"],
                 blob_root=blob_root,
                 notes=data.get("notes", {}),
+                subfolder=data.get("subfolder", ""),
+                signature_sha256=data.get("signature_sha256"),
             )
         except (KeyError, TypeError) as exc:
             raise IntegrityError(f"manifest is malformed ({exc!r}); delete the cache entry and fetch again.") from exc

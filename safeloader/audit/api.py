@@ -1,0 +1,188 @@
+"""Audit entry points: bytes, a resolved manifest, or a local path → an :class:`AuditReport`."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from safeloader.audit.analyzer import FileAnalysis, FileAnalyzer, RawHit
+from safeloader.audit.graph import OutsideRoot, check_sizes, collect_local, relative_candidates
+from safeloader.audit.model import AuditReport, Finding, ImportRecord, RestrictedOutcome, decide_verdict
+from safeloader.audit.rules import RULES
+from safeloader.errors import AuditDenied, AuditError
+from safeloader.policy.schema import Policy
+
+if TYPE_CHECKING:
+    from safeloader.resolve.manifest import Manifest
+
+_LINE_IN_ERROR = re.compile(r"Line (\d+)")
+
+
+def _parse(data: bytes, relpath: str, label: str) -> ast.Module:
+    try:
+        return ast.parse(data, filename=relpath)
+    except SyntaxError as exc:
+        raise AuditError(
+            f"{label}: {relpath} line {exc.lineno} is not valid Python ({exc.msg}); fix the file or remove it."
+        ) from exc
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise AuditError(
+            f"{label}: {relpath} cannot be parsed ({type(exc).__name__}: {str(exc)[:120]}); "
+            "it is too deeply nested or not Python source — fix or remove it."
+        ) from exc
+
+
+def _analyze(data: bytes, relpath: str, label: str, policy: Policy) -> FileAnalysis:
+    tree = _parse(data, relpath, label)
+    analyzer = FileAnalyzer(allow_imports=policy.audit.allow_imports, deny_imports=policy.audit.deny_imports)
+    try:
+        return analyzer.analyze(tree, relpath)
+    except RecursionError as exc:
+        raise AuditError(f"{label}: {relpath} is nested too deeply to audit; simplify the expression.") from exc
+
+
+def _relative_hits(
+    relpath: str, analysis: FileAnalysis, files: Mapping[str, bytes], package: str | None
+) -> list[RawHit]:
+    """SL104/SL105 for relative imports, unless the files belong to an installed ``package`` (diffusers' own
+    pipelines import ``...utils``), where what is not audited here is that package's own module."""
+    hits = []
+    for spec in analysis.relative_imports:
+        shown = "." * spec.level + spec.module
+        try:
+            groups = relative_candidates(relpath, spec)
+        except OutsideRoot:
+            if package is None:
+                hits.append(RawHit("SL104", shown, spec.line, spec.column))
+            continue
+        missing = any(not any(option in files for option in options) for options in groups)
+        if missing and package is None:
+            hits.append(RawHit("SL105", shown, spec.line, spec.column))
+    return hits
+
+
+def _restricted(data: bytes, relpath: str) -> RestrictedOutcome:
+    from safeloader.audit.restricted import compile_restricted_module
+
+    try:
+        compile_restricted_module(data, relpath)
+    except AuditDenied as exc:
+        return RestrictedOutcome(False, tuple(str(exc).split("\n")))
+    return RestrictedOutcome(True)
+
+
+def _to_finding(hit: RawHit, relpath: str, lines: list[str], policy: Policy) -> Finding | None:
+    rule = RULES[hit.rule_id]
+    override = policy.audit.rule_override(hit.rule_id)
+    if override == "off":
+        return None
+    source_line = lines[hit.line - 1].strip()[:240] if 0 < hit.line <= len(lines) else ""
+    return Finding(
+        rule_id=rule.id,
+        severity=override or rule.severity,  # type: ignore[arg-type]
+        cwe=rule.cwe,
+        file=relpath,
+        line=hit.line,
+        column=hit.column + 1,
+        message=rule.format(hit.detail),
+        source_line=source_line,
+    )
+
+
+def audit_sources(
+    files: Mapping[str, bytes],
+    policy: Policy,
+    *,
+    entry: str,
+    label: str,
+    base: str = "",
+    package: str | None = None,
+) -> AuditReport:
+    """Audit every file of a pipeline (relative path → bytes) under ``policy``.
+
+    ``package``: set only for code that is part of an installed package (the diffusers corpus); relative
+    imports that leave the audited files then name that package's modules instead of being findings.
+    """
+    check_sizes(files, label)
+    if entry not in files:
+        raise AuditError(f"{label}: entry file {entry} is not among the audited files; pass the files it runs.")
+    findings: list[Finding] = []
+    imports: list[ImportRecord] = []
+    hashes: dict[str, str] = {}
+    restricted: dict[str, RestrictedOutcome] = {}
+    rp_mode = policy.audit.restricted_python
+    for relpath in sorted(files):
+        data = files[relpath]
+        hashes[relpath] = hashlib.sha256(data).hexdigest()
+        analysis = _analyze(data, relpath, label, policy)
+        hits = [*analysis.hits, *_relative_hits(relpath, analysis, files, package)]
+        if rp_mode != "off":
+            outcome = _restricted(data, relpath)
+            restricted[relpath] = outcome
+            if rp_mode == "enforce" and not outcome.compiled:
+                first = outcome.errors[0] if outcome.errors else "refused"
+                match = _LINE_IN_ERROR.search(first)
+                hits.append(RawHit("SL499", first[:200], int(match.group(1)) if match else 1, 0))
+        imports.extend(analysis.imports)
+        if hits:
+            lines = data.decode("utf-8", "replace").splitlines()
+            for hit in sorted(hits, key=lambda h: (h.line, h.column, h.rule_id)):
+                finding = _to_finding(hit, relpath, lines, policy)
+                if finding is not None:
+                    findings.append(finding)
+    mode = policy.audit.mode
+    notes = []
+    if mode == "off":
+        notes.append(f'AUDIT DISABLED by policy {policy.name!r} ([audit] mode = "off"): findings do not block.')
+    elif mode == "warn":
+        notes.append(f"audit in warn mode under policy {policy.name!r}: findings are reported but never block.")
+    found = tuple(findings)
+    return AuditReport(
+        label=label,
+        entry=entry,
+        policy_name=policy.name,
+        mode=mode,
+        fail_on=policy.audit.fail_on,
+        verdict=decide_verdict(found, mode=mode, fail_on=policy.audit.fail_on),
+        findings=found,
+        imports=tuple(imports),
+        file_hashes=MappingProxyType(hashes),
+        restricted_python=MappingProxyType(restricted),
+        restricted_python_mode=rp_mode,
+        notes=tuple(notes),
+        base=base,
+    )
+
+
+def audit_manifest(manifest: Manifest, policy: Policy) -> AuditReport:
+    """Audit a resolved pipeline, reading each file through ``read_verified`` (what is audited was verified)."""
+    files = manifest.read_all_verified()
+    label = f"{manifest.source_id}@{manifest.commit}" if manifest.commit else manifest.source_id
+    base = manifest.repo if manifest.source in ("local_dir", "local_file") else ""
+    return audit_sources(files, policy, entry=manifest.entry, label=label, base=base)
+
+
+def audit_path(path: Path, policy: Policy) -> AuditReport:
+    """Audit a local ``.py`` file or directory: the entry (``pipeline.py``, else every top-level ``.py``) plus
+    everything it imports relatively."""
+    path = Path(path)
+    if path.is_file():
+        root, entries, base = path.resolve().parent, [path.name], str(path.parent)
+    elif path.is_dir():
+        root, base = path.resolve(), str(path)
+        entries = (
+            ["pipeline.py"]
+            if (path / "pipeline.py").is_file()
+            else sorted(p.name for p in path.iterdir() if p.suffix == ".py" and p.is_file())
+        )
+        if not entries:
+            raise AuditError(f"{path} holds no .py file; point the audit at a pipeline file or directory.")
+    else:
+        raise AuditError(f"{path} does not exist; give the path of a pipeline file or directory.")
+    files = collect_local(root, entries)
+    return audit_sources(files, policy, entry=entries[0], label=str(path), base="" if base == "." else base)

@@ -1,0 +1,28 @@
+"""``safeloader doctor [--json]``: which sandbox layers this host really provides, and why any is missing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="check which sandbox layers this host provides (starts a confined probe process)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from safeloader.sandbox.probe import probe_host
+
+    report = probe_host()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format_text())
+        if report.missing:
+            print("Layers marked OFF are not provided here; a policy that requires them will refuse to load.")
+    return 0 if report.all_active else 1

@@ -1,0 +1,191 @@
+"""``safeloader.DiffusionPipeline.from_pretrained``: diffusers' call, with every foreign byte gated.
+
+The sequence is always resolve → verify → audit → sandboxed load, and the result is a
+:class:`safeloader.proxy.RemotePipeline` that behaves like the ``DiffusionPipeline`` it stands for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from safeloader.errors import AuditDenied, InvalidSpecError
+from safeloader.foreign_code import ForeignCode, collect_foreign_code
+from safeloader.model_source import ModelSource, resolve_model
+from safeloader.policy import Policy, load_policy
+
+logger = logging.getLogger("safeloader")
+
+#: Keyword arguments the caller consumes itself; they never reach the worker.
+CALLER_SIDE_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+#: Plain-data values that may cross into the worker as from_pretrained arguments.
+_DATA_TYPES = (str, int, float, bool, type(None))
+
+
+def _encode_kwarg(name: str, value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).removeprefix("torch.")}
+    if isinstance(value, _DATA_TYPES):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_encode_kwarg(name, item) for item in value]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {k: _encode_kwarg(name, v) for k, v in value.items()}
+    raise InvalidSpecError(
+        f"from_pretrained argument {name}={type(value).__name__} is an object and cannot cross into the sandbox; "
+        "pass plain data (dtype, strings, numbers) or load that component inside the pipeline instead."
+    )
+
+
+def worker_kwargs(kwargs: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    encoded = {name: _encode_kwarg(name, value) for name, value in kwargs.items()}
+    if not policy.weights.allow_pickle:
+        # diffusers then never falls back to .bin/.ckpt files, whatever the model folder holds.
+        encoded["use_safetensors"] = True
+    return encoded
+
+
+def audit_foreign_code(foreign: ForeignCode, policy: Policy) -> Any:
+    """Audit every verified byte that may run; raise :class:`AuditDenied` on a ``deny`` verdict."""
+    from safeloader.audit import audit_sources
+
+    if foreign.empty:
+        return None
+    entry = foreign.pipeline_entry or sorted(foreign.code)[0]
+    label = ", ".join(m.source_id for m in foreign.manifests)
+    report = audit_sources(foreign.code, policy, entry=entry, label=label)
+    if report.verdict == "deny":
+        raise AuditDenied(
+            f"the audit denied {label} under policy {policy.name!r} "
+            f"({len(report.findings)} finding(s), e.g. {report.findings[0].rule_id}: {report.findings[0].message}); "
+            "run `safeloader audit` on it to read the report.",
+            report=report,
+        )
+    if report.verdict == "warn":
+        logger.warning(
+            "audit of %s found %d issue(s) under policy %r; loading anyway (audit mode %r)",
+            label,
+            len(report.findings),
+            policy.name,
+            policy.audit.mode,
+        )
+    return report
+
+
+def load(
+    pretrained_model_name_or_path: str | os.PathLike[str],
+    *,
+    custom_pipeline: str | os.PathLike[str] | None = None,
+    custom_revision: str | None = None,
+    trust_remote_code: bool = False,
+    policy: str | os.PathLike[str] | Policy | None = None,
+    lockfile: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Resolve → verify → audit → sandboxed load; see :meth:`DiffusionPipeline.from_pretrained`."""
+    resolved_policy = load_policy(policy)
+    caller = {name: kwargs.pop(name) for name in CALLER_SIDE_KWARGS if name in kwargs}
+    if caller.get("force_download"):
+        logger.info("force_download is ignored: safeloader re-verifies cached bytes on every load")
+    model: ModelSource = resolve_model(
+        pretrained_model_name_or_path,
+        policy=resolved_policy,
+        revision=caller.get("revision"),
+        token=caller.get("token"),
+        cache_dir=caller.get("cache_dir"),
+        local_files_only=bool(caller.get("local_files_only", False)),
+    )
+    foreign = collect_foreign_code(
+        model,
+        custom_pipeline=custom_pipeline,
+        custom_revision=custom_revision,
+        trust_remote_code=trust_remote_code,
+        policy=resolved_policy,
+        token=caller.get("token"),
+        local_files_only=bool(caller.get("local_files_only", False)),
+        lockfile=lockfile,
+    )
+    audit_report = audit_foreign_code(foreign, resolved_policy)
+    from_pretrained_kwargs = worker_kwargs(kwargs, resolved_policy)
+
+    if foreign.empty and not resolved_policy.sandbox.isolate_plain_pipelines:
+        logger.warning(
+            "policy %r sets [sandbox] isolate_plain_pipelines = false: loading %s IN-PROCESS, without the sandbox",
+            resolved_policy.name,
+            model.repo_id or model.directory,
+        )
+        import diffusers
+
+        return diffusers.DiffusionPipeline.from_pretrained(model.directory, **{**kwargs, **_safetensors(resolved_policy)})
+
+    from safeloader.proxy import load_remote_pipeline
+
+    pipe = load_remote_pipeline(
+        resolved_policy,
+        model_dir=model.directory,
+        code=foreign.code,
+        code_hashes=foreign.hashes,
+        entry=foreign.pipeline_entry,
+        from_pretrained_kwargs=from_pretrained_kwargs,
+        restricted_python="enforce" if resolved_policy.audit.restricted_python == "enforce" else "off",
+    )
+    info = pipe.safeloader
+    info.audit = audit_report
+    info.manifests = foreign.manifests
+    info.manifest = foreign.manifests[-1] if foreign.manifests else None
+    info.policy = resolved_policy
+    info.model = model
+    return pipe
+
+
+def _safetensors(policy: Policy) -> dict[str, Any]:
+    return {} if policy.weights.allow_pickle else {"use_safetensors": True}
+
+
+class DiffusionPipeline:
+    """Drop-in for ``diffusers.DiffusionPipeline`` whose ``from_pretrained`` runs foreign code sandboxed.
+
+    Example::
+
+        from safeloader import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained("org/model", custom_pipeline="one_step_unet",
+                                                 custom_revision="<sha>", trust_remote_code=True,
+                                                 policy="acme.toml")
+        image = pipe(num_inference_steps=20).images[0]
+        pipe.close()
+    """
+
+    def __init__(self) -> None:
+        raise TypeError("safeloader.DiffusionPipeline is a loader; call DiffusionPipeline.from_pretrained(...).")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        custom_pipeline: str | os.PathLike[str] | None = None,
+        custom_revision: str | None = None,
+        trust_remote_code: bool = False,
+        policy: str | os.PathLike[str] | Policy | None = None,
+        lockfile: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Same signature and semantics as diffusers, plus ``policy`` and ``lockfile``.
+
+        ``token``, ``revision``, ``cache_dir`` and ``local_files_only`` are used by the caller to
+        download; the token never reaches the worker. ``policy`` is a built-in name, a path or a
+        :class:`~safeloader.policy.Policy`; without one, ``$SAFELOADER_POLICY`` or ``default``.
+        """
+        return load(
+            pretrained_model_name_or_path,
+            custom_pipeline=custom_pipeline,
+            custom_revision=custom_revision,
+            trust_remote_code=trust_remote_code,
+            policy=policy,
+            lockfile=lockfile,
+            **kwargs,
+        )

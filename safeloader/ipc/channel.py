@@ -1,0 +1,42 @@
+"""One side of the connection: frames plus the codec, so each end sends and receives whole messages."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from safeloader.ipc.codec import CodecError, Decoder, Encoder
+from safeloader.ipc.framing import recv_frame, send_frame
+from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
+
+
+class Channel:
+    def __init__(
+        self, sock: socket.socket, encoder: Encoder, decoder: Decoder, *, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self.sock = sock
+        self.encoder = encoder
+        self.decoder = decoder
+        self.limits = limits
+
+    def send(self, message: dict[str, Any]) -> None:
+        body, fds = self.encoder.encode(message)
+        if len(body) > self.limits.max_frame_bytes:
+            for fd in fds:
+                os.close(fd)
+            limit = self.limits.max_frame_bytes
+            raise CodecError(f"the message is {len(body)} bytes, over the {limit}-byte frame limit")
+        try:
+            send_frame(self.sock, body, fds, limits=self.limits)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def recv(self, deadline: float | None = None) -> dict[str, Any]:
+        """Receive one message; raises FrameError/CodecError on anything malformed, PeerClosed on EOF."""
+        body, fds = recv_frame(self.sock, deadline=deadline, limits=self.limits)
+        message = self.decoder.decode(body, fds)
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            raise CodecError("a message is not a map with an 'op' string")
+        return message

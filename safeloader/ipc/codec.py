@@ -1,0 +1,492 @@
+"""The pickle-free encoding of everything that crosses between caller and worker.
+
+msgpack for plain data, plus extension types for arrays, tensors, images, diffusers outputs, generators,
+dtypes, devices, tuples, opaque handles and callback markers. Decoding never imports or calls anything the
+peer names: every extension is rebuilt from an allow list, and every message is checked against
+:class:`~safeloader.ipc.limits.Limits` (depth, item count, total bytes, fd use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
+from safeloader.ipc.shm import SharedMemoryError, map_sealed_memfd, sealed_memfd_from
+
+
+class Ext(IntEnum):
+    NDARRAY = 1
+    TENSOR = 2
+    IMAGE = 3
+    OUTPUT = 4
+    GENERATOR = 5
+    DTYPE = 6
+    DEVICE = 7
+    HANDLE = 8
+    TUPLE = 9
+    CALLBACK = 10
+
+
+class CodecError(Exception):
+    """A value could not be encoded, or a received message is malformed or over a limit."""
+
+
+NUMPY_DTYPES: frozenset[str] = frozenset(
+    {
+        "bool",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    }
+)
+TORCH_DTYPES: tuple[str, ...] = (
+    "bool",
+    "int8",
+    "uint8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "float8_e4m3fn",
+    "float8_e5m2",
+)
+#: Modes whose pixels ``Image.tobytes``/``Image.frombytes`` round-trip exactly without a palette.
+IMAGE_MODES: frozenset[str] = frozenset({"1", "L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F", "I;16"})
+#: diffusers output classes rebuilt by name; the import location is ours, never the peer's.
+OUTPUT_CLASSES: Mapping[str, tuple[str, str]] = {
+    "ImagePipelineOutput": ("diffusers.pipelines.pipeline_utils", "ImagePipelineOutput"),
+    "AudioPipelineOutput": ("diffusers.pipelines.pipeline_utils", "AudioPipelineOutput"),
+    "StableDiffusionPipelineOutput": ("diffusers.pipelines.stable_diffusion", "StableDiffusionPipelineOutput"),
+    "StableDiffusionXLPipelineOutput": ("diffusers.pipelines.stable_diffusion_xl", "StableDiffusionXLPipelineOutput"),
+    "FluxPipelineOutput": ("diffusers.pipelines.flux", "FluxPipelineOutput"),
+    "UNet2DOutput": ("diffusers.models.unets.unet_2d", "UNet2DOutput"),
+    "UNet2DConditionOutput": ("diffusers.models.unets.unet_2d_condition", "UNet2DConditionOutput"),
+    "DDPMSchedulerOutput": ("diffusers.schedulers.scheduling_ddpm", "DDPMSchedulerOutput"),
+    "DDIMSchedulerOutput": ("diffusers.schedulers.scheduling_ddim", "DDIMSchedulerOutput"),
+    "SchedulerOutput": ("diffusers.schedulers.scheduling_utils", "SchedulerOutput"),
+}
+_DEVICE_NAME = re.compile(r"^(cpu|cuda|mps|xpu)(:[0-9]{1,3})?$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_MAX_INT = 2**64 - 1
+_MIN_INT = -(2**63)
+
+
+def available_device(name: str) -> str:
+    """Where a received tensor or generator goes: its named CUDA device when this side has CUDA, else CPU."""
+    if name.startswith("cuda"):
+        torch = _torch_loaded()
+        if torch is not None and torch.cuda.is_available():
+            return name
+    return "cpu"
+
+
+class GenericOutput(dict[str, Any]):
+    """A diffusers output class not on the allow list, as a mapping with attribute and index access."""
+
+    def __init__(self, type_name: str, fields: Mapping[str, Any]) -> None:
+        super().__init__(fields)
+        self.type_name = type_name
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int | slice):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(value for value in self.values() if value is not None)
+
+    def __repr__(self) -> str:
+        return f"{self.type_name}({dict.__repr__(self)})"
+
+
+def _is_base_output(value: object) -> bool:
+    return any(
+        klass.__name__ == "BaseOutput" and klass.__module__ == "diffusers.utils.outputs"
+        for klass in type(value).__mro__
+    )
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _torch_loaded() -> Any:
+    import sys
+
+    return sys.modules.get("torch")
+
+
+def _pil_image_class() -> Any:
+    import sys
+
+    module = sys.modules.get("PIL.Image")
+    return None if module is None else module.Image
+
+
+HandleEncoder = Callable[[object], msgpack.ExtType]
+ExtDecoder = Callable[[int, Any], object]
+
+
+class Encoder:
+    """Turns one message into msgpack bytes plus the memfds that carry its bulk buffers.
+
+    ``fallback`` is asked for any value that is not data (the worker makes it an opaque handle; the caller
+    refuses it); it returns an ``ExtType`` or raises :class:`CodecError`.
+    """
+
+    def __init__(self, *, limits: Limits = DEFAULT_LIMITS, fallback: HandleEncoder | None = None) -> None:
+        self.limits = limits
+        self.fallback = fallback
+
+    def encode(self, message: object) -> tuple[bytes, list[int]]:
+        fds: list[int] = []
+        self._items = 0
+        self._bytes = 0
+        try:
+            packed = msgpack.packb(self._convert(message, 0, fds), use_bin_type=True)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return packed, fds
+
+    def _count(self, items: int = 0, nbytes: int = 0) -> None:
+        self._items += items
+        self._bytes += nbytes
+        if self._items > self.limits.max_items:
+            raise CodecError(f"the value has more than {self.limits.max_items} items")
+        if self._bytes > self.limits.max_total_bytes:
+            raise CodecError(f"the value holds more than {self.limits.max_total_bytes} bytes")
+
+    def _pack(self, value: object) -> bytes:
+        return msgpack.packb(value, use_bin_type=True)
+
+    def _buffer(self, raw: memoryview, fds: list[int]) -> bytes | int:
+        if raw.nbytes >= self.limits.shm_threshold:
+            if len(fds) >= self.limits.max_fds:
+                raise CodecError(f"the value needs more than {self.limits.max_fds} shared-memory buffers")
+            fds.append(sealed_memfd_from(raw))
+            return len(fds) - 1
+        return raw.tobytes()
+
+    def _convert(self, value: object, depth: int, fds: list[int]) -> object:
+        if depth > self.limits.max_depth:
+            raise CodecError(f"the value is nested deeper than {self.limits.max_depth} levels")
+        self._count(items=1)
+        if value is None or isinstance(value, bool | float):
+            return value
+        if isinstance(value, int):
+            if not _MIN_INT <= value <= _MAX_INT:
+                raise CodecError("an integer does not fit in 64 bits")
+            return int(value)
+        if isinstance(value, str | bytes):
+            self._count(nbytes=len(value))
+            return str(value) if isinstance(value, str) else bytes(value)
+        if isinstance(value, bytearray | memoryview):
+            self._count(nbytes=len(value))
+            return bytes(value)
+        if isinstance(value, tuple):
+            items = [self._convert(item, depth + 1, fds) for item in value]
+            return msgpack.ExtType(Ext.TUPLE, self._pack(items))
+        if isinstance(value, list):
+            return [self._convert(item, depth + 1, fds) for item in value]
+        if _is_base_output(value):
+            fields = {str(k): self._convert(v, depth + 1, fds) for k, v in value.items()}  # type: ignore[attr-defined]
+            return msgpack.ExtType(Ext.OUTPUT, self._pack([type(value).__name__, fields]))
+        if isinstance(value, dict):
+            converted: dict[str, object] = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise CodecError(f"a mapping key of type {type(key).__name__} cannot cross; use str keys")
+                converted[key] = self._convert(item, depth + 1, fds)
+            return converted
+        if isinstance(value, np.ndarray | np.generic):
+            return self._ndarray(value, fds)
+        torch = _torch_loaded()
+        if torch is not None:
+            if isinstance(value, torch.Tensor):
+                return self._tensor(value, fds)
+            if isinstance(value, torch.Generator):
+                return msgpack.ExtType(Ext.GENERATOR, self._pack([value.initial_seed(), str(value.device)]))
+            if isinstance(value, torch.dtype):
+                return msgpack.ExtType(Ext.DTYPE, self._pack(str(value).removeprefix("torch.")))
+            if isinstance(value, torch.device):
+                return msgpack.ExtType(Ext.DEVICE, self._pack(str(value)))
+        image_class = _pil_image_class()
+        if image_class is not None and isinstance(value, image_class):
+            return self._image(value, fds)
+        if self.fallback is not None:
+            return self.fallback(value)
+        raise CodecError(f"a value of type {type(value).__name__} cannot cross to the worker; pass data only")
+
+    def _ndarray(self, value: np.ndarray | np.generic, fds: list[int]) -> msgpack.ExtType:
+        scalar = isinstance(value, np.generic)
+        array = np.asarray(value)
+        if array.dtype.name not in NUMPY_DTYPES:
+            raise CodecError(f"numpy dtype {array.dtype} is not on the allow list")
+        if array.ndim > self.limits.max_ndim:
+            raise CodecError(f"an array has more than {self.limits.max_ndim} dimensions")
+        shape = list(array.shape)
+        flat = np.ascontiguousarray(array.reshape(-1), dtype=array.dtype.newbyteorder("="))
+        self._count(nbytes=flat.nbytes)
+        data = self._buffer(memoryview(flat.view(np.uint8)), fds)  # type: ignore[arg-type]
+        return msgpack.ExtType(Ext.NDARRAY, self._pack([flat.dtype.name, shape, data, scalar]))
+
+    def _tensor(self, value: Any, fds: list[int]) -> msgpack.ExtType:
+        torch = _torch()
+        name = str(value.dtype).removeprefix("torch.")
+        if name not in TORCH_DTYPES:
+            raise CodecError(f"torch dtype {name} is not on the allow list")
+        if value.layout != torch.strided or value.is_quantized or value.device.type == "meta":
+            raise CodecError("only dense tensors with data can cross")
+        if value.dim() > self.limits.max_ndim:
+            raise CodecError(f"a tensor has more than {self.limits.max_ndim} dimensions")
+        device = str(value.device)
+        flat = value.detach().resolve_conj().resolve_neg().to("cpu").contiguous().reshape(-1)
+        raw = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+        self._count(nbytes=raw.nbytes)
+        data = self._buffer(raw, fds)
+        return msgpack.ExtType(Ext.TENSOR, self._pack([name, list(value.shape), data, device]))
+
+    def _image(self, value: Any, fds: list[int]) -> msgpack.ExtType:
+        if value.mode not in IMAGE_MODES:
+            raise CodecError(f"PIL image mode {value.mode} is not on the allow list")
+        raw = value.tobytes()
+        self._count(nbytes=len(raw))
+        data = self._buffer(memoryview(raw), fds)
+        return msgpack.ExtType(Ext.IMAGE, self._pack([value.mode, value.size[0], value.size[1], data]))
+
+
+class Decoder:
+    """Rebuilds one message from msgpack bytes and the memfds that came with its frame.
+
+    ``on_handle(payload)`` and ``on_callback(payload)`` rebuild the HANDLE and CALLBACK extensions (each side
+    decides what a handle means); without them those extensions are a protocol error.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        on_handle: ExtDecoder | None = None,
+        on_callback: ExtDecoder | None = None,
+        tensor_device: Callable[[str], str] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.on_handle = on_handle
+        self.on_callback = on_callback
+        self.tensor_device = tensor_device
+
+    def decode(self, body: bytes | bytearray, fds: list[int]) -> Any:
+        self._items = 0
+        self._bytes = 0
+        self._fds = fds
+        self._used: set[int] = set()
+        try:
+            value = self._convert(self._unpack(body), 0)
+            if len(self._used) != len(fds):
+                raise CodecError(f"{len(fds) - len(self._used)} attached file descriptors were not referenced")
+            return value
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _unpack(self, data: bytes | bytearray) -> Any:
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise CodecError(f"malformed msgpack ({type(exc).__name__}: {exc})") from exc
+        except RecursionError as exc:
+            raise CodecError("malformed msgpack (nested too deeply)") from exc
+
+    def _count(self, items: int = 0, nbytes: int = 0) -> None:
+        self._items += items
+        self._bytes += nbytes
+        if self._items > self.limits.max_items:
+            raise CodecError(f"the message has more than {self.limits.max_items} items")
+        if self._bytes > self.limits.max_total_bytes:
+            raise CodecError(f"the message holds more than {self.limits.max_total_bytes} bytes")
+
+    def _convert(self, value: Any, depth: int) -> Any:
+        if depth > self.limits.max_depth:
+            raise CodecError(f"the message is nested deeper than {self.limits.max_depth} levels")
+        self._count(items=1)
+        if isinstance(value, list):
+            return [self._convert(item, depth + 1) for item in value]
+        if isinstance(value, dict):
+            return {key: self._convert(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, str | bytes):
+            self._count(nbytes=len(value))
+            return value
+        if isinstance(value, msgpack.ExtType):
+            return self._ext(value.code, value.data, depth)
+        return value
+
+    def _payload(self, data: bytes, shape: str) -> Any:
+        payload = self._unpack(data)
+        if shape == "list" and not isinstance(payload, list):
+            raise CodecError("an extension payload is not a list")
+        return payload
+
+    def _ext(self, code: int, data: bytes, depth: int) -> Any:
+        if code == Ext.TUPLE:
+            return tuple(self._convert(item, depth + 1) for item in self._payload(data, "list"))
+        if code == Ext.NDARRAY:
+            return self._ndarray(self._payload(data, "list"))
+        if code == Ext.TENSOR:
+            return self._tensor(self._payload(data, "list"))
+        if code == Ext.IMAGE:
+            return self._image(self._payload(data, "list"))
+        if code == Ext.OUTPUT:
+            return self._output(self._payload(data, "list"), depth)
+        if code == Ext.GENERATOR:
+            return self._generator(self._payload(data, "list"))
+        if code == Ext.DTYPE:
+            name = self._payload(data, "any")
+            if name not in TORCH_DTYPES:
+                raise CodecError(f"torch dtype {name!r} is not on the allow list")
+            return getattr(_torch(), name)
+        if code == Ext.DEVICE:
+            return _torch().device(self._device_name(self._payload(data, "any")))
+        if code == Ext.HANDLE and self.on_handle is not None:
+            return self.on_handle(code, self._payload(data, "any"))
+        if code == Ext.CALLBACK and self.on_callback is not None:
+            return self.on_callback(code, self._payload(data, "any"))
+        raise CodecError(f"extension type {code} is not allowed here")
+
+    def _device_name(self, name: object) -> str:
+        if not isinstance(name, str) or not _DEVICE_NAME.match(name):
+            raise CodecError(f"device name {name!r} is not allowed")
+        return name
+
+    def _shape(self, shape: object) -> tuple[int, ...]:
+        if (
+            not isinstance(shape, list)
+            or len(shape) > self.limits.max_ndim
+            or not all(isinstance(dim, int) and 0 <= dim < 2**48 for dim in shape)
+        ):
+            raise CodecError("an array shape is malformed")
+        return tuple(shape)
+
+    def _bytes_of(self, data: object, nbytes: int) -> tuple[Any, bool]:
+        """The bulk bytes of an array-like: inline bytes or a checked, privately mapped memfd."""
+        self._count(nbytes=nbytes)
+        if isinstance(data, bytes):
+            if len(data) != nbytes:
+                raise CodecError(f"inline buffer holds {len(data)} bytes, not the announced {nbytes}")
+            return data, False
+        if isinstance(data, int) and not isinstance(data, bool) and 0 <= data < len(self._fds):
+            if data in self._used:
+                raise CodecError("one shared-memory buffer was referenced twice")
+            self._used.add(data)
+            try:
+                return map_sealed_memfd(self._fds[data], nbytes), True
+            except (SharedMemoryError, OSError, ValueError) as exc:
+                raise CodecError(str(exc)) from exc
+        raise CodecError("an array's data is neither inline bytes nor an attached memfd")
+
+    def _ndarray(self, payload: list[Any]) -> Any:
+        if len(payload) != 4 or payload[0] not in NUMPY_DTYPES:
+            raise CodecError("an ndarray extension is malformed or its dtype is not allowed")
+        dtype = np.dtype(payload[0])
+        shape = self._shape(payload[1])
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        buffer, mapped = self._bytes_of(payload[2], count * dtype.itemsize)
+        array = np.frombuffer(buffer, dtype=dtype, count=count) if count else np.empty(0, dtype=dtype)
+        array = array.reshape(shape) if mapped else array.reshape(shape).copy()
+        return array[()] if payload[3] is True and array.ndim == 0 else array
+
+    def _tensor(self, payload: list[Any]) -> Any:
+        torch = _torch()
+        if len(payload) != 4 or payload[0] not in TORCH_DTYPES:
+            raise CodecError("a tensor extension is malformed or its dtype is not allowed")
+        dtype = getattr(torch, payload[0])
+        shape = self._shape(payload[1])
+        device = self._device_name(payload[3])
+        count = 1
+        for dim in shape:
+            count *= dim
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        buffer, mapped = self._bytes_of(payload[2], count * itemsize)
+        if count == 0:
+            tensor = torch.empty(shape, dtype=dtype)
+        else:
+            tensor = torch.frombuffer(buffer if mapped else bytearray(buffer), dtype=dtype).reshape(shape)
+        target = self.tensor_device(device) if self.tensor_device is not None else "cpu"
+        return tensor if target == "cpu" else tensor.to(target)
+
+    def _image(self, payload: list[Any]) -> Any:
+        from PIL import Image
+
+        if (
+            len(payload) != 4
+            or payload[0] not in IMAGE_MODES
+            or not isinstance(payload[1], int)
+            or not isinstance(payload[2], int)
+            or not 0 < payload[1] <= 1 << 16
+            or not 0 < payload[2] <= 1 << 16
+        ):
+            raise CodecError("an image extension is malformed or its mode is not allowed")
+        mode, width, height = payload[0], payload[1], payload[2]
+        expected = len(Image.new(mode, (width, 1)).tobytes()) * height
+        buffer, _mapped = self._bytes_of(payload[3], expected)
+        try:
+            return Image.frombytes(mode, (width, height), bytes(buffer))
+        except ValueError as exc:
+            raise CodecError(f"image data does not match its mode and size ({exc})") from exc
+
+    def _output(self, payload: list[Any], depth: int) -> Any:
+        if len(payload) != 2 or not isinstance(payload[0], str) or not isinstance(payload[1], dict):
+            raise CodecError("an output extension is malformed")
+        type_name = payload[0] if _IDENTIFIER.match(payload[0]) else "UnnamedOutput"
+        fields = {key: self._convert(item, depth + 1) for key, item in payload[1].items()}
+        location = OUTPUT_CLASSES.get(type_name)
+        if location is not None:
+            import importlib
+
+            try:
+                output_class = getattr(importlib.import_module(location[0]), location[1])
+                return output_class(**fields)
+            except (ImportError, AttributeError, TypeError):
+                pass
+        return GenericOutput(type_name, fields)
+
+    def _generator(self, payload: list[Any]) -> Any:
+        torch = _torch()
+        if len(payload) != 2 or not isinstance(payload[0], int) or not 0 <= payload[0] <= _MAX_INT:
+            raise CodecError("a generator extension is malformed")
+        device = self._device_name(payload[1])
+        target = self.tensor_device(device) if self.tensor_device is not None else "cpu"
+        return torch.Generator(device=target).manual_seed(payload[0])

@@ -1,0 +1,39 @@
+"""The messages caller and worker exchange: every message is a msgpack map with an ``op`` key.
+
+Caller → worker: ``load``, ``getattr``, ``call``, ``describe``, ``seed``, ``release``, ``close``, and, while a call is
+waiting on a callback, ``callback_result`` / ``callback_error``. Worker → caller: ``hello`` once at start,
+then for each request exactly one ``result`` or ``error``, possibly preceded by ``progress`` and
+``callback`` messages. Requests nest only through callbacks, so the exchange is strictly last-in first-out.
+"""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+#: The handle of the loaded pipeline object in the worker.
+PIPELINE_HANDLE = 0
+
+HELLO = "hello"
+LOAD = "load"
+GETATTR = "getattr"
+CALL = "call"
+DESCRIBE = "describe"
+RELEASE = "release"
+SEED = "seed"
+CLOSE = "close"
+RESULT = "result"
+ERROR = "error"
+PROGRESS = "progress"
+CALLBACK = "callback"
+CALLBACK_RESULT = "callback_result"
+CALLBACK_ERROR = "callback_error"
+
+#: ``kind`` of an ``error`` message: an exception raised by pipeline code, a refusal by the worker
+#: (hash mismatch, forbidden name), or a result that broke the IPC limits.
+ERROR_EXCEPTION = "exception"
+ERROR_REFUSED = "refused"
+ERROR_LIMIT = "limit"
+
+
+def is_public_name(name: object) -> bool:
+    """Names the caller may ask for by attribute or method: no dunder or private protocol names."""
+    return isinstance(name, str) and name.isidentifier() and not name.startswith("_")

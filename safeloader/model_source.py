@@ -1,0 +1,190 @@
+"""The model side of a load: where the weights come from, and which weight files are acceptable.
+
+The caller downloads the model (with its token, which never reaches the worker) at one resolved
+commit; the worker only ever reads the resulting directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safeloader.errors import (
+    EntryFileNotFoundError,
+    InvalidSpecError,
+    PickleWeightsRefused,
+    ResolveError,
+)
+from safeloader.policy import Policy
+
+logger = logging.getLogger("safeloader")
+
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
+SAFE_WEIGHT_SUFFIXES = (".safetensors",)
+PICKLE_IGNORE_PATTERNS = tuple(f"*{suffix}" for suffix in PICKLE_WEIGHT_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model directory on the caller's disk, and where it came from."""
+
+    directory: Path
+    #: ``org/name`` for a Hub repo, ``None`` for a local directory.
+    repo_id: str | None
+    #: The 40-hex commit the files were downloaded at (Hub only).
+    commit: str | None
+    files: tuple[str, ...]
+    model_index: dict[str, Any]
+
+    @property
+    def is_local(self) -> bool:
+        return self.repo_id is None
+
+
+def _list_files(root: Path) -> tuple[str, ...]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return tuple(sorted(found))
+
+
+def _read_model_index(directory: Path, label: str) -> dict[str, Any]:
+    path = directory / "model_index.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise EntryFileNotFoundError(
+            f"{label} has no model_index.json, so it is not a diffusers pipeline; check the model id or path."
+        ) from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResolveError(f"model_index.json of {label} is unreadable ({exc}); check the model files.") from exc
+    if not isinstance(data, dict) or "_class_name" not in data:
+        raise ResolveError(f"model_index.json of {label} has no _class_name; check the model files.")
+    return data
+
+
+def component_folders(model_index: dict[str, Any]) -> list[str]:
+    return [key for key, value in model_index.items() if isinstance(value, list) and not key.startswith("_")]
+
+
+def check_weights(files: tuple[str, ...], model_index: dict[str, Any], policy: Policy, label: str) -> None:
+    """Refuse pickle weights a component would have to load, unless ``[weights] allow_pickle``."""
+    if policy.weights.allow_pickle:
+        return
+    refused: list[str] = []
+    for folder in component_folders(model_index):
+        in_folder = [f for f in files if f.startswith(f"{folder}/")]
+        has_safe = any(f.endswith(SAFE_WEIGHT_SUFFIXES) for f in in_folder)
+        pickles = [f for f in in_folder if f.endswith(PICKLE_WEIGHT_SUFFIXES)]
+        if pickles and not has_safe:
+            refused.extend(pickles)
+    root_pickles = [f for f in files if "/" not in f and f.endswith(PICKLE_WEIGHT_SUFFIXES)]
+    if root_pickles and not any("/" not in f and f.endswith(SAFE_WEIGHT_SUFFIXES) for f in files):
+        refused.extend(root_pickles)
+    if refused:
+        raise PickleWeightsRefused(
+            f"{label} ships pickle weights ({', '.join(sorted(refused))}) that can run code when loaded; "
+            "convert them to safetensors, or set [weights] allow_pickle = true to load them inside the sandbox."
+        )
+
+
+def looks_like_repo_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and not value.startswith((".", "~"))
+
+
+def resolve_model(
+    pretrained_model_name_or_path: str | os.PathLike[str],
+    *,
+    policy: Policy,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+) -> ModelSource:
+    """Locate or download the model, at one commit, and refuse weights the policy forbids."""
+    spec = os.fspath(pretrained_model_name_or_path)
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        directory = local.resolve()
+        files = _list_files(directory)
+        index = _read_model_index(directory, str(directory))
+        check_weights(files, index, policy, str(directory))
+        return ModelSource(directory=directory, repo_id=None, commit=None, files=files, model_index=index)
+    if not looks_like_repo_id(spec):
+        raise InvalidSpecError(
+            f"{spec!r} is neither an existing directory nor a Hub repo id of the form 'org/name'; check the value."
+        )
+    return _download_hub_model(
+        spec, policy=policy, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+    )
+
+
+def _download_hub_model(
+    repo_id: str,
+    *,
+    policy: Policy,
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | os.PathLike[str] | None,
+    local_files_only: bool,
+) -> ModelSource:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from safeloader.resolve import hub_endpoint, resolve_commit
+    from safeloader.resolve.hub import translate_hub_errors
+
+    with translate_hub_errors(repo_id, revision):
+        if local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1":
+            try:
+                folder = Path(
+                    snapshot_download(
+                        repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True, token=token
+                    )
+                )
+            except LocalEntryNotFoundError as exc:
+                raise ResolveError(
+                    f"model {repo_id} is not in the local Hub cache and downloads are disabled; "
+                    "run once online or drop local_files_only / HF_HUB_OFFLINE."
+                ) from exc
+            commit = folder.name if len(folder.name) == 40 else None
+            files = _list_files(folder)
+        else:
+            # Resolve the branch or tag once; every file is then fetched at that exact commit.
+            commit = resolve_commit(repo_id, revision, token=token)
+            api = HfApi(endpoint=hub_endpoint(), token=token)
+            files = tuple(sorted(api.list_repo_files(repo_id, revision=commit)))
+            index_only = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=commit,
+                    cache_dir=cache_dir,
+                    token=token,
+                    allow_patterns=["model_index.json"],
+                    endpoint=hub_endpoint(),
+                )
+            )
+            index = _read_model_index(index_only, repo_id)
+            check_weights(files, index, policy, repo_id)
+            ignore = list(PICKLE_IGNORE_PATTERNS) if not policy.weights.allow_pickle else []
+            folder = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=commit,
+                    cache_dir=cache_dir,
+                    token=token,
+                    ignore_patterns=ignore or None,
+                    endpoint=hub_endpoint(),
+                )
+            )
+    index = _read_model_index(folder, repo_id)
+    check_weights(files, index, policy, repo_id)
+    logger.debug("model %s resolved to %s at %s", repo_id, commit, folder)
+    return ModelSource(directory=folder, repo_id=repo_id, commit=commit, files=files, model_index=index)

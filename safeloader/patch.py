@@ -1,0 +1,96 @@
+"""Patch mode: route diffusers' own entry points through safeloader, so existing code gains the sandbox.
+
+``install()`` replaces ``diffusers.DiffusionPipeline.from_pretrained`` with safeloader's loader and
+makes diffusers' in-process dynamic-module loader (the one function every foreign-code path of
+diffusers goes through: custom pipelines, ``_class_name`` modules, custom components, ``from_pipe``,
+``download`` and ``AutoModel`` with ``trust_remote_code``) refuse, so nothing foreign can run in the
+caller while safeloader is installed. ``uninstall()`` restores diffusers exactly. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from safeloader.errors import RemoteCodeNotTrusted
+from safeloader.policy import Policy, load_policy
+
+logger = logging.getLogger("safeloader")
+
+_lock = threading.Lock()
+#: (object, attribute name, original value) for everything install() replaced.
+_saved: list[tuple[Any, str, Any]] = []
+_policy: Policy | None = None
+
+# Modules that import the dynamic loader under their own name (checked against diffusers 0.42).
+_DYNAMIC_LOADER_HOLDERS = (
+    "diffusers.utils.dynamic_modules_utils",
+    "diffusers.utils",
+    "diffusers.pipelines.pipeline_loading_utils",
+    "diffusers.modular_pipelines.modular_pipeline",
+    "diffusers.models.auto_model",
+)
+_DYNAMIC_LOADER_NAMES = ("get_class_from_dynamic_module", "get_cached_module_file")
+
+
+def installed() -> bool:
+    return bool(_saved)
+
+
+def _refuse_in_process(*args: Any, **kwargs: Any) -> Any:
+    target = args[0] if args else kwargs.get("pretrained_model_name_or_path", "<unknown>")
+    raise RemoteCodeNotTrusted(
+        f"diffusers tried to import foreign code from {target} in this process while safeloader is installed; "
+        "load it through DiffusionPipeline.from_pretrained (routed to the sandbox) or call safeloader.uninstall()."
+    )
+
+
+def _routed_from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    from safeloader.dropin import load
+
+    if cls.__name__ != "DiffusionPipeline" or not cls.__module__.startswith("diffusers"):
+        # A concrete class was asked for: keep diffusers' semantics by naming it to the worker.
+        kwargs.setdefault("custom_pipeline", None)
+        if cls.__module__.startswith("diffusers"):
+            kwargs["_pipeline_class_name"] = cls.__name__
+    policy = kwargs.pop("policy", None) or _policy
+    return load(pretrained_model_name_or_path, policy=policy, **kwargs)
+
+
+def install(policy: str | os.PathLike[str] | Policy | None = None) -> None:
+    """Route ``diffusers.DiffusionPipeline.from_pretrained`` through safeloader under ``policy``."""
+    global _policy
+    import importlib
+
+    import diffusers
+
+    with _lock:
+        _policy = load_policy(policy)
+        if _saved:
+            logger.info("safeloader.install(): already installed; policy is now %r", _policy.name)
+            return
+        pipeline_cls = diffusers.DiffusionPipeline
+        _saved.append((pipeline_cls, "from_pretrained", pipeline_cls.__dict__["from_pretrained"]))
+        pipeline_cls.from_pretrained = classmethod(_routed_from_pretrained)  # type: ignore[assignment,method-assign]
+        for module_name in _DYNAMIC_LOADER_HOLDERS:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            for name in _DYNAMIC_LOADER_NAMES:
+                if hasattr(module, name):
+                    _saved.append((module, name, getattr(module, name)))
+                    setattr(module, name, _refuse_in_process)
+        logger.info("safeloader installed: diffusers pipelines load sandboxed under policy %r", _policy.name)
+
+
+def uninstall() -> None:
+    """Restore everything :func:`install` replaced; a no-op when not installed."""
+    global _policy
+    with _lock:
+        while _saved:
+            owner, name, original = _saved.pop()
+            setattr(owner, name, original)
+        _policy = None

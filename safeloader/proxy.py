@@ -1,0 +1,583 @@
+"""The caller's side of the boundary: a worker session and the ``RemotePipeline`` that stands in for the pipeline.
+
+Only data crosses: requests and results go through :mod:`safeloader.ipc.codec`; any worker object that is
+not data stays there behind an opaque :class:`RemoteObject` handle. The caller never calls dunder or protocol
+methods on the worker's behalf, never unpickles, evaluates or imports anything the worker sends, and kills
+the worker on any timeout or protocol violation.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import signal
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+import msgpack
+
+from safeloader.errors import (
+    IntegrityError,
+    ProtocolError,
+    RemoteError,
+    UnsupportedValueError,
+    WorkerCrashed,
+    WorkerTimeout,
+)
+from safeloader.ipc import protocol
+from safeloader.ipc.channel import Channel
+from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device
+from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed
+from safeloader.policy.schema import Policy
+from safeloader.sandbox.report import LayerStatus, SandboxReport
+
+#: Events kept per pipeline; the worker deduplicates and caps its own record too.
+MAX_EVENTS = 1000
+_MAX_PROGRESS_BARS = 32
+_CLOSE_GRACE_S = 2.0
+
+
+class SandboxedWorkerLike(Protocol):
+    """What :func:`safeloader.sandbox.spawn.spawn_worker` returns."""
+
+    sock: Any
+    pid: int
+    report: SandboxReport
+    model_dir: Path | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int | None: ...
+    def kill(self) -> None: ...
+    def stderr_tail(self, lines: int = 20) -> str: ...
+    def close(self) -> None: ...
+
+
+Spawner = Callable[..., SandboxedWorkerLike]
+_live_sessions: weakref.WeakSet[WorkerSession] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_sessions() -> None:
+    for session in list(_live_sessions):
+        session.close()
+
+
+def _default_spawner() -> Spawner:
+    from safeloader.sandbox.spawn import spawn_worker
+
+    return spawn_worker
+
+
+def _exit_description(returncode: int | None) -> str:
+    if returncode is None:
+        return "is not responding"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class _CallbackRef:
+    def __init__(self, callback_id: int) -> None:
+        self.callback_id = callback_id
+
+
+class WorkerSession:
+    """One sandboxed worker process and the channel to it; holds at most one pipeline."""
+
+    def __init__(self, worker: SandboxedWorkerLike, policy: Policy) -> None:
+        self.worker = worker
+        self.policy = policy
+        self.events: list[dict[str, str]] = []
+        self.pipeline: RemotePipeline | None = None
+        self.closed = False
+        self._pending_release: list[int] = []
+        self._callbacks: dict[int, Callable[..., Any]] = {}
+        self._callback_exception: BaseException | None = None
+        self._bars: dict[int, Any] = {}
+        self.channel = Channel(
+            worker.sock,
+            Encoder(fallback=self._encode_reference),
+            Decoder(on_handle=self._decode_handle, tensor_device=available_device),
+        )
+        self.sandbox_report = worker.report
+        _live_sessions.add(self)
+
+    @classmethod
+    def start(cls, policy: Policy, *, model_dir: Path, spawner: Spawner | None = None) -> WorkerSession:
+        """Spawn a confined worker for ``model_dir`` and wait (``load_timeout_s``) for its hello."""
+        spawn = spawner if spawner is not None else _default_spawner()
+        worker = spawn(policy.sandbox, model_dir=Path(model_dir))
+        session = cls(worker, policy)
+        limit_s = policy.sandbox.load_timeout_s
+        try:
+            hello = session._receive(time.monotonic() + limit_s, "starting the worker", limit_s)
+        except BaseException:
+            session.close()
+            raise
+        if hello.get("op") != protocol.HELLO or hello.get("version") != protocol.PROTOCOL_VERSION:
+            session._abort()
+            raise ProtocolError(
+                "the worker did not start with a valid hello message and was killed; "
+                "check that safeloader is installed identically for the worker."
+            )
+        session.sandbox_report = session._merge_report(hello.get("layers"))
+        return session
+
+    def _merge_report(self, layers: object) -> SandboxReport:
+        by_name = {status.layer: status for status in self.worker.report.layers}
+        for item in layers if isinstance(layers, list) else []:
+            try:
+                status = LayerStatus.from_dict(item)
+            except (KeyError, TypeError, AttributeError):
+                continue
+            by_name[status.layer] = status
+        return SandboxReport(layers=tuple(by_name.values()), facts=dict(self.worker.report.facts))
+
+    # codec hooks --------------------------------------------------------------------------------------
+    def _encode_reference(self, value: object) -> msgpack.ExtType:
+        if isinstance(value, RemoteObject) and object.__getattribute__(value, "_session") is self:
+            handle = object.__getattribute__(value, "_handle")
+            return msgpack.ExtType(Ext.HANDLE, msgpack.packb(handle))
+        if isinstance(value, _CallbackRef):
+            return msgpack.ExtType(Ext.CALLBACK, msgpack.packb(value.callback_id))
+        raise CodecError(f"a value of type {type(value).__name__} cannot cross to the worker; pass data only")
+
+    def _decode_handle(self, _code: int, payload: Any) -> object:
+        if (
+            not isinstance(payload, list)
+            or len(payload) != 2
+            or not isinstance(payload[0], int)
+            or not isinstance(payload[1], str)
+        ):
+            raise CodecError("a handle extension is malformed")
+        if payload[0] == protocol.PIPELINE_HANDLE and self.pipeline is not None:
+            return self.pipeline
+        return RemoteObject(self, payload[0], payload[1][:100])
+
+    # transport ----------------------------------------------------------------------------------------
+    def _abort(self) -> None:
+        """Kill the worker at once (timeouts, protocol violations) and release everything."""
+        self.closed = True
+        try:
+            self.worker.kill()
+            self.worker.wait(_CLOSE_GRACE_S)
+        finally:
+            self._close_bars()
+            self.worker.close()
+            _live_sessions.discard(self)
+
+    def _crashed(self, doing: str) -> WorkerCrashed:
+        returncode = self.worker.wait(_CLOSE_GRACE_S)
+        if returncode is None:
+            self.worker.kill()
+            self.worker.wait(_CLOSE_GRACE_S)
+        tail = self.worker.stderr_tail(20)
+        self.closed = True
+        self._close_bars()
+        self.worker.close()
+        _live_sessions.discard(self)
+        last = tail.strip().splitlines()[-1] if tail.strip() else "no stderr output"
+        return WorkerCrashed(
+            f"the sandboxed worker {_exit_description(returncode)} while {doing} (last stderr line: {last}); "
+            "check the pipeline code, or raise [sandbox] memory_limit_mb if it ran out of memory.",
+            returncode=returncode,
+            stderr_tail=tail,
+        )
+
+    def _receive(self, deadline: float, doing: str, limit_s: float) -> dict[str, Any]:
+        try:
+            return self.channel.recv(deadline)
+        except FrameTimeout:
+            self._abort()
+            raise WorkerTimeout(
+                f"the sandboxed worker did not answer within {limit_s:g} s while {doing} and was killed; "
+                "raise [sandbox] load_timeout_s or call_timeout_s if the work is legitimately slow."
+            ) from None
+        except (PeerClosed, ConnectionError):
+            raise self._crashed(doing) from None
+        except (FrameError, CodecError) as exc:
+            self._abort()
+            raise ProtocolError(
+                f"the sandboxed worker sent an invalid message while {doing} ({exc}) and was killed; "
+                "the pipeline code is misbehaving — do not trust its output."
+            ) from None
+
+    def _send(self, message: dict[str, Any], doing: str) -> None:
+        try:
+            self.channel.send(message)
+        except CodecError as exc:
+            raise UnsupportedValueError(
+                f"an argument cannot be sent to the sandboxed worker while {doing} ({exc}); "
+                "pass data only: numbers, strings, lists, dicts, arrays, tensors, images or generators."
+            ) from None
+        except (BrokenPipeError, ConnectionError):
+            raise self._crashed(doing) from None
+
+    def request(self, message: dict[str, Any], *, timeout_s: float, doing: str) -> Any:
+        """Send one request and serve progress and callbacks until its result; returns the result's value."""
+        if self.closed:
+            raise WorkerCrashed(f"the sandboxed worker is closed, so {doing} is impossible; load the pipeline again.")
+        if self._pending_release:
+            message["release"], self._pending_release = self._pending_release, []
+        deadline = time.monotonic() + timeout_s
+        self._send(message, doing)
+        while True:
+            reply = self._receive(deadline, doing, timeout_s)
+            op = reply["op"]
+            if op in (protocol.RESULT, protocol.ERROR):
+                self._record_events(reply.get("events"))
+                if op == protocol.RESULT:
+                    return reply.get("value")
+                self._raise_error(reply, doing)
+            elif op == protocol.PROGRESS:
+                self._draw_progress(reply)
+            elif op == protocol.CALLBACK:
+                started = time.monotonic()
+                self._run_callback(reply, doing)
+                deadline += time.monotonic() - started
+            else:
+                self._abort()
+                raise ProtocolError(
+                    f"the sandboxed worker sent an unexpected {str(op)[:40]!r} message while {doing} and was "
+                    "killed; the pipeline code is misbehaving — do not trust its output."
+                )
+
+    def _raise_error(self, reply: dict[str, Any], doing: str) -> None:
+        kind = reply.get("kind")
+        type_name = str(reply.get("type", "Exception"))[:100]
+        text = str(reply.get("message", ""))[:4000]
+        if self._callback_exception is not None:
+            exception, self._callback_exception = self._callback_exception, None
+            raise exception
+        if kind == protocol.ERROR_LIMIT:
+            self._abort()
+            raise ProtocolError(
+                f"the worker's result broke the IPC limits while {doing} ({text}) and the worker was killed; "
+                "return smaller or less deeply nested data from the pipeline."
+            )
+        raise RemoteError(
+            f"{type_name} was raised in the sandboxed worker while {doing}: {text} "
+            "(see .traceback_text for where; fix the arguments or the pipeline code).",
+            type_name=type_name,
+            traceback_text=str(reply.get("traceback", ""))[:20000],
+        )
+
+    def _record_events(self, events: object) -> None:
+        if not isinstance(events, list):
+            return
+        for event in events:
+            if len(self.events) >= MAX_EVENTS:
+                return
+            if isinstance(event, dict):
+                self.events.append(
+                    {"event": str(event.get("event", ""))[:100], "detail": str(event.get("detail", ""))[:500]}
+                )
+
+    def _draw_progress(self, message: dict[str, Any]) -> None:
+        from tqdm.auto import tqdm
+
+        bar_id, event, count = message.get("bar"), message.get("event"), message.get("n")
+        if not isinstance(bar_id, int) or not isinstance(count, int):
+            return
+        bar = self._bars.get(bar_id)
+        if bar is None and event == "open" and len(self._bars) < _MAX_PROGRESS_BARS:
+            total = message.get("total")
+            bar = tqdm(
+                total=total if isinstance(total, int | float) else None, desc=str(message.get("desc", ""))[:80] or None
+            )
+            self._bars[bar_id] = bar
+        if bar is None:
+            return
+        if count > bar.n:
+            bar.update(count - bar.n)
+        if event == "close":
+            bar.close()
+            del self._bars[bar_id]
+
+    def _close_bars(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+    def _run_callback(self, message: dict[str, Any], doing: str) -> None:
+        callback = self._callbacks.get(message.get("callback"))  # type: ignore[arg-type]
+        try:
+            if callback is None:
+                raise UnsupportedValueError("the worker asked for a callback that was not passed to this call")
+            result = callback(self.pipeline, message.get("step"), message.get("timestep"), message.get("tensors") or {})
+            self._send({"op": protocol.CALLBACK_RESULT, "tensors": result}, doing)
+        except (WorkerCrashed, UnsupportedValueError) as exc:
+            if isinstance(exc, WorkerCrashed):
+                raise
+            self._callback_exception = exc
+            self._send({"op": protocol.CALLBACK_ERROR, "message": str(exc)[:1000]}, doing)
+        except Exception as exc:  # re-raised caller-side once the worker has unwound
+            self._callback_exception = exc
+            self._send({"op": protocol.CALLBACK_ERROR, "message": f"{type(exc).__name__}: {exc}"[:1000]}, doing)
+
+    # operations ---------------------------------------------------------------------------------------
+    def call(self, handle: int, method: str | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        if method is not None and not protocol.is_public_name(method):
+            raise UnsupportedValueError(
+                f"method {method!r} is not public and is never called on the worker's behalf;"
+                " call a public method instead."
+            )
+        arguments = dict(kwargs)
+        registered: list[int] = []
+        for key in ("callback_on_step_end",):
+            value = arguments.get(key)
+            if callable(value) and not isinstance(value, RemoteObject):
+                callback_id = id(value)
+                self._callbacks[callback_id] = value
+                registered.append(callback_id)
+                arguments[key] = _CallbackRef(callback_id)
+        label = "calling the pipeline" if method is None else f"calling {method}()"
+        try:
+            return self.request(
+                {"op": protocol.CALL, "target": handle, "method": method, "args": list(args), "kwargs": arguments},
+                timeout_s=self.policy.sandbox.call_timeout_s,
+                doing=label,
+            )
+        finally:
+            for callback_id in registered:
+                self._callbacks.pop(callback_id, None)
+
+    def get_attribute(self, handle: int, name: str) -> Any:
+        reply = self.request(
+            {"op": protocol.GETATTR, "target": handle, "name": name},
+            timeout_s=self.policy.sandbox.call_timeout_s,
+            doing=f"reading .{name}",
+        )
+        if isinstance(reply, dict) and reply.get("kind") == "method":
+            return RemoteMethod(self, handle, name)
+        if isinstance(reply, dict) and reply.get("kind") == "value":
+            return reply.get("value")
+        self._abort()
+        raise ProtocolError(
+            f"the worker answered .{name} with a malformed reply and was killed; "
+            "the pipeline code is misbehaving — do not trust its output."
+        )
+
+    def manual_seed(self, seed: int) -> None:
+        """Seed the worker's global torch RNG, as ``torch.manual_seed`` would in-process."""
+        self.request(
+            {"op": protocol.SEED, "seed": int(seed)},
+            timeout_s=self.policy.sandbox.call_timeout_s,
+            doing="seeding the worker",
+        )
+
+    def release(self, handle: int) -> None:
+        if not self.closed:
+            self._pending_release.append(handle)
+
+    def load_pipeline(
+        self,
+        *,
+        code: Mapping[str, bytes],
+        code_hashes: Mapping[str, str],
+        entry: str | None,
+        from_pretrained_kwargs: Mapping[str, Any],
+        restricted_python: str = "off",
+        package_label: str = "remote",
+    ) -> RemotePipeline:
+        """Send the verified code and build the pipeline in the worker with ``from_pretrained``."""
+        for relpath, data in code.items():
+            if hashlib.sha256(data).hexdigest() != code_hashes.get(relpath):
+                raise IntegrityError(
+                    f"{relpath} does not match its verified sha256; re-resolve the pipeline before loading it."
+                )
+        if entry is not None and entry not in code:
+            raise IntegrityError(f"entry file {entry} is not among the verified files; re-resolve the pipeline.")
+        info = self.request(
+            {
+                "op": protocol.LOAD,
+                "model_dir": str(self.worker.model_dir),
+                "code": dict(code),
+                "hashes": dict(code_hashes),
+                "entry": entry,
+                "kwargs": dict(from_pretrained_kwargs),
+                "restricted_python": restricted_python,
+                "package": package_label,
+            },
+            timeout_s=self.policy.sandbox.load_timeout_s,
+            doing="loading the pipeline",
+        )
+        if not isinstance(info, dict):
+            self._abort()
+            raise ProtocolError(
+                "the worker answered the load with a malformed reply and was killed; "
+                "the pipeline code is misbehaving — do not trust it."
+            )
+        self.pipeline = RemotePipeline(self, info)
+        return self.pipeline
+
+    def close(self) -> None:
+        """Ask the worker to exit, then make sure it has; safe to call more than once."""
+        if self.closed:
+            return
+        self.closed = True
+        _live_sessions.discard(self)
+        try:
+            self.channel.send({"op": protocol.CLOSE})
+            self.channel.recv(time.monotonic() + _CLOSE_GRACE_S)
+        except Exception:  # the worker is killed below whatever it answered
+            pass
+        try:
+            if self.worker.wait(_CLOSE_GRACE_S) is None:
+                self.worker.kill()
+                self.worker.wait(_CLOSE_GRACE_S)
+        finally:
+            self._close_bars()
+            self.worker.close()
+
+
+class RemoteObject:
+    """An opaque handle to an object that stays in the worker; public attributes and methods by name only."""
+
+    def __init__(self, session: WorkerSession, handle: int, type_name: str) -> None:
+        object.__setattr__(self, "_session", session)
+        object.__setattr__(self, "_handle", handle)
+        object.__setattr__(self, "_type_name", type_name)
+
+    def __getattr__(self, name: str) -> Any:
+        if not protocol.is_public_name(name):
+            raise AttributeError(name)
+        return object.__getattribute__(self, "_session").get_attribute(object.__getattribute__(self, "_handle"), name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{name} cannot be set: remote objects are read-only, call a method instead")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        session: WorkerSession = object.__getattribute__(self, "_session")
+        return session.call(object.__getattribute__(self, "_handle"), None, args, kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RemoteObject {object.__getattribute__(self, '_type_name')} "
+            f"#{object.__getattribute__(self, '_handle')} in the sandboxed worker>"
+        )
+
+    def __del__(self) -> None:
+        try:
+            handle = object.__getattribute__(self, "_handle")
+            if handle != protocol.PIPELINE_HANDLE:
+                object.__getattribute__(self, "_session").release(handle)
+        except Exception:  # finalizers must not raise
+            pass
+
+
+class RemoteMethod:
+    def __init__(self, session: WorkerSession, handle: int, name: str) -> None:
+        self.session = session
+        self.handle = handle
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session.call(self.handle, self.name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RemoteMethod {self.name} of worker object #{self.handle}>"
+
+
+class RemotePipeline(RemoteObject):
+    """Behaves like the ``DiffusionPipeline`` in the worker; results come back as data."""
+
+    def __init__(self, session: WorkerSession, info: Mapping[str, Any]) -> None:
+        super().__init__(session, protocol.PIPELINE_HANDLE, str(info.get("type", "DiffusionPipeline"))[:100])
+        object.__setattr__(self, "_info", dict(info))
+        #: Filled by the drop-in loader: ``.audit``, ``.sandbox``, ``.manifest``, ``.events``.
+        object.__setattr__(
+            self,
+            "safeloader",
+            SimpleNamespace(audit=None, sandbox=session.sandbox_report, manifest=None, events=session.events),
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "safeloader":
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    @property
+    def session(self) -> WorkerSession:
+        return object.__getattribute__(self, "_session")
+
+    @property
+    def sandbox_report(self) -> SandboxReport:
+        return self.session.sandbox_report
+
+    @property
+    def events(self) -> list[dict[str, str]]:
+        return self.session.events
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(object.__getattribute__(self, "_info").get("config") or {})
+
+    @property
+    def components(self) -> dict[str, str | None]:
+        return dict(object.__getattribute__(self, "_info").get("components") or {})
+
+    @property
+    def device(self) -> Any:
+        return self.session.get_attribute(protocol.PIPELINE_HANDLE, "device")
+
+    @property
+    def dtype(self) -> Any:
+        return self.session.get_attribute(protocol.PIPELINE_HANDLE, "dtype")
+
+    def to(self, *args: Any, **kwargs: Any) -> RemotePipeline:
+        self.session.call(protocol.PIPELINE_HANDLE, "to", args, kwargs)
+        return self
+
+    def manual_seed(self, seed: int) -> None:
+        """Seed the worker's global torch RNG (pipelines that draw noise without a ``generator`` use it)."""
+        self.session.manual_seed(seed)
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self.session.call(protocol.PIPELINE_HANDLE, "set_progress_bar_config", (), kwargs)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> RemotePipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RemotePipeline {object.__getattribute__(self, '_type_name')} in the sandboxed worker>"
+
+
+def load_remote_pipeline(
+    policy: Policy,
+    *,
+    model_dir: Path,
+    code: Mapping[str, bytes],
+    code_hashes: Mapping[str, str],
+    entry: str | None,
+    from_pretrained_kwargs: Mapping[str, Any],
+    restricted_python: str = "off",
+    spawner: Spawner | None = None,
+) -> RemotePipeline:
+    """Start a worker for ``model_dir`` and load the pipeline in it; the pipeline owns the worker."""
+    session = WorkerSession.start(policy, model_dir=model_dir, spawner=spawner)
+    try:
+        return session.load_pipeline(
+            code=code,
+            code_hashes=code_hashes,
+            entry=entry,
+            from_pretrained_kwargs=from_pretrained_kwargs,
+            restricted_python=restricted_python,
+        )
+    except BaseException:
+        session.close()
+        raise

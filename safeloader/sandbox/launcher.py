@@ -1,0 +1,141 @@
+"""The launcher: ``python -m safeloader.sandbox.launcher CONFIG_JSON``, started by :func:`.spawn.spawn_worker`.
+
+A fresh interpreter (not a fork of the multithreaded caller) that, still root: makes a private mount
+namespace and the worker's mount view; drops to the worker uid; unshares user, mount, PID, net, IPC, UTS
+and cgroup namespaces; forks the worker as PID 1 of the new PID namespace; then waits, killing the worker
+when the caller goes away (lifeline pipe EOF, and ``PR_SET_PDEATHSIG`` when spawned from the main thread).
+The worker child mounts a fresh ``/proc``, sets rlimits, arranges fds (0 null, 1-2 log, 3 IPC socket, 4 the
+status pipe the in-worker bootstrap closes), drops capabilities, applies Landlock and execs Python.
+
+Status lines (JSON, one ``write`` each) go to the caller over the status pipe: ``worker_pid``, ``landlock``,
+``error``. Exit status mirrors the worker's (a signal death is re-raised on the launcher).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import sys
+from typing import Any, NoReturn
+
+from safeloader.sandbox import _libc, filesystem, mountview, privileges, processes, resources
+
+NAMESPACES = (
+    _libc.CLONE_NEWUSER
+    | _libc.CLONE_NEWNS
+    | _libc.CLONE_NEWPID
+    | _libc.CLONE_NEWNET
+    | _libc.CLONE_NEWIPC
+    | _libc.CLONE_NEWUTS
+    | _libc.CLONE_NEWCGROUP
+)
+IPC_FD, STATUS_FD = 3, 4
+#: Where the worker child reports a failure: the inherited status fd until it is moved to STATUS_FD.
+_report_fd = -1
+
+
+def _say(fd: int, **message: Any) -> None:
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def _die_with_parent(config: dict[str, Any]) -> None:
+    if config["main_thread"]:
+        _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != config["caller_pid"]:
+            os._exit(1)  # the caller is already gone
+
+
+def _mount_view(config: dict[str, Any]) -> None:
+    mountview.make_mounts_private()
+    mountview.apply(config["covers"], set(config["read_only"]), [tuple(b) for b in config["file_binds"]])
+
+
+def _exec_worker(config: dict[str, Any], sock: int, status: int) -> NoReturn:
+    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if config["namespaces"]:
+        processes.mount_fresh_proc()
+    resources.apply_rlimits(config["rlimits"])
+    # Arrange fds before Landlock: opens after it are checked, and only 0-4 may survive exec.
+    # Copies above the targets first, so that no dup2 below is a no-op that keeps a close-on-exec flag.
+    high_sock, high_status = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (sock, status))
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(high_sock, IPC_FD)
+    os.dup2(high_status, STATUS_FD)
+    global _report_fd
+    _report_fd = STATUS_FD
+    os.closerange(STATUS_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    if config["namespaces"]:
+        privileges.drop_capabilities()
+    else:
+        _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
+    if config["landlock"] is not None:
+        _say(STATUS_FD, landlock=filesystem.restrict_self(config["landlock"]))
+    os.chdir(config["cwd"])
+    os.execve(config["argv"][0], config["argv"], config["env"])
+
+
+def _wait_for(child: int, lifeline: int) -> NoReturn:
+    pidfd = os.pidfd_open(child)
+    poller = select.poll()
+    poller.register(lifeline, select.POLLIN | select.POLLHUP)
+    poller.register(pidfd, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if lifeline in ready and pidfd not in ready:
+            os.kill(child, signal.SIGKILL)  # the caller is gone: nothing may outlive it
+        if pidfd in ready:
+            break
+    _, wait_status = os.waitpid(child, 0)
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(wait_status) & 0xFF)
+
+
+def run(config: dict[str, Any]) -> NoReturn:
+    status, sock, lifeline = config["status_fd"], config["sock_fd"], config["lifeline_fd"]
+    uid, gid = config["uid"], config["gid"]
+    _die_with_parent(config)
+    if config["as_root"]:
+        _libc.unshare(_libc.CLONE_NEWNS)
+        _mount_view(config)
+        privileges.drop_to(uid, gid)
+        _die_with_parent(config)  # the uid change cleared the death signal
+    if config["namespaces"]:
+        _libc.unshare(NAMESPACES)
+        privileges.write_id_maps(uid, gid)
+        if not config["as_root"]:
+            _mount_view(config)
+    global _report_fd
+    _report_fd = status
+    child = os.fork()
+    if child == 0:
+        try:
+            _exec_worker(config, sock, status)
+        except BaseException as exc:
+            _say(_report_fd, error=str(exc))
+            os._exit(127)
+    _say(status, worker_pid=child)
+    for fd in (sock, status):
+        os.close(fd)
+    if config["namespaces"]:
+        privileges.drop_capabilities()
+    _wait_for(child, lifeline)
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    try:
+        run(config)
+    except BaseException as exc:
+        _say(config["status_fd"], error=str(exc))
+        os._exit(127)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""A PEP 578 audit hook recording what the pipeline code attempted, sent to the caller as data.
+
+It records, it does not enforce: enforcement is the sandbox's job. Audit hooks cannot be removed, so code
+loaded later cannot unregister it; it could tamper with the record, which is why the record is evidence
+for reports and never a security decision.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+MAX_EVENTS = 256
+_MAX_ARG_CHARS = 200
+#: Event names recorded whenever they happen (prefix match on the part before the first dot, or exact).
+_ALWAYS = frozenset(
+    {
+        "socket.__new__",
+        "socket.connect",
+        "socket.bind",
+        "socket.getaddrinfo",
+        "socket.sendto",
+        "subprocess.Popen",
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "os.kill",
+        "os.killpg",
+        "ctypes.dlopen",
+        "ctypes.dlsym",
+        "ctypes.cdata",
+        "ctypes.call_function",
+        "os.putenv",
+        "os.unsetenv",
+        "shutil.rmtree",
+        "os.remove",
+        "os.rename",
+        "os.chmod",
+        "os.chown",
+        "urllib.Request",
+        "http.client.connect",
+        "sys.setprofile",
+        "sys.settrace",
+        "import",
+    }
+)
+_IMPORT_WATCH = frozenset({"ctypes", "socket", "subprocess", "urllib", "http", "requests", "pty", "multiprocessing"})
+
+
+class EventRecorder:
+    def __init__(self, allowed_read_roots: Iterable[str], allowed_write_roots: Iterable[str]) -> None:
+        self.allowed_read = tuple(os.path.join(os.path.abspath(r), "") for r in allowed_read_roots)
+        self.allowed_write = tuple(os.path.join(os.path.abspath(r), "") for r in allowed_write_roots)
+        self.events: list[dict[str, Any]] = []
+        self.dropped = 0
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._active = False
+
+    def take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            events, self.events = self.events, []
+            if self.dropped:
+                events.append({"event": "safeloader.events_dropped", "detail": str(self.dropped)})
+                self.dropped = 0
+        return events
+
+    def _record(self, event: str, detail: str) -> None:
+        key = (event, detail)
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+            if len(self.events) >= MAX_EVENTS:
+                self.dropped += 1
+                return
+            self.events.append({"event": event, "detail": detail})
+
+    def _open_allowed(self, path: str, writing: bool) -> bool:
+        full = os.path.join(os.path.abspath(path), "")
+        roots = self.allowed_write if writing else self.allowed_read + self.allowed_write
+        return full.startswith(roots)
+
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        if self._active:
+            return
+        self._active = True
+        try:
+            if event == "open":
+                path, mode = args[0], args[1]
+                if isinstance(path, bytes):
+                    path = os.fsdecode(path)
+                if isinstance(path, str):
+                    writing = isinstance(mode, str) and any(flag in mode for flag in "wax+")
+                    writing = writing or (isinstance(args[2], int) and bool(args[2] & (os.O_WRONLY | os.O_RDWR)))
+                    if not self._open_allowed(path, writing):
+                        self._record("open", f"{path} ({'write' if writing else 'read'})")
+            elif event == "import":
+                if args[0].split(".")[0] in _IMPORT_WATCH:
+                    self._record("import", str(args[0]))
+            elif event in _ALWAYS or event.split(".")[0] == "ctypes" or event.startswith("os.exec"):
+                self._record(event, repr(args)[:_MAX_ARG_CHARS])
+        except Exception:  # an audit hook must never break the code it watches
+            pass
+        finally:
+            self._active = False
+
+
+def install_recorder(read_roots: Iterable[str], write_roots: Iterable[str]) -> EventRecorder:
+    roots = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        *sys.path,
+        *read_roots,
+        "/dev/urandom",
+        "/dev/null",
+        "/proc/self",
+        "/sys/devices/system/cpu",
+        "/etc/localtime",
+    }
+    recorder = EventRecorder([root for root in roots if root], write_roots)
+    sys.addaudithook(recorder)
+    return recorder

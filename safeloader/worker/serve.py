@@ -1,0 +1,300 @@
+"""The worker's serve loop: answer the caller's requests over fd 3 until it closes the connection.
+
+Results are data; any other object stays in the worker behind a numbered handle. Exceptions become
+``error`` messages with the type name and traceback as text. The worker only ever answers: it never
+initiates anything except progress and callback messages inside a call the caller made.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from safeloader.ipc import protocol
+from safeloader.ipc.channel import Channel
+from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device
+from safeloader.ipc.framing import PeerClosed
+from safeloader.sandbox.report import LayerStatus
+from safeloader.worker.audit_hook import EventRecorder, install_recorder
+from safeloader.worker.bridges import StepCallback, install_progress_forwarding
+from safeloader.worker.code_loader import CodeRefused, VerifiedPackage
+from safeloader.worker.dynamic_modules import defined_pipeline_class, route_dynamic_modules
+
+IPC_FD = 3
+#: from_pretrained arguments that would fetch or run code other than the verified files.
+_REFUSED_KWARGS = frozenset(
+    {
+        "custom_pipeline",
+        "custom_revision",
+        "trust_remote_code",
+        "token",
+        "cache_dir",
+        "proxies",
+        "force_download",
+        "local_files_only",
+        "mirror",
+    }
+)
+
+
+class Refused(Exception):
+    """The worker refuses a request (forbidden name, unknown handle, second load)."""
+
+
+class CallbackFailed(Exception):
+    """The caller's callback_on_step_end raised; the caller re-raises its own exception."""
+
+
+class Worker:
+    def __init__(self, sock: socket.socket, layers: Sequence[LayerStatus]) -> None:
+        self.layers = list(layers)
+        self.objects: dict[int, object] = {}
+        self.handle_of: dict[int, int] = {}
+        self.next_handle = protocol.PIPELINE_HANDLE + 1
+        self.recorder: EventRecorder | None = None
+        self.closing = False
+        self.channel = Channel(
+            sock,
+            Encoder(fallback=self._encode_handle),
+            Decoder(on_handle=self._decode_handle, on_callback=self._decode_callback, tensor_device=available_device),
+        )
+
+    # handles ------------------------------------------------------------------------------------------
+    def _register(self, obj: object, handle: int | None = None) -> int:
+        known = self.handle_of.get(id(obj))
+        if known is not None and self.objects.get(known) is obj:
+            return known
+        if handle is None:
+            handle, self.next_handle = self.next_handle, self.next_handle + 1
+        self.objects[handle] = obj
+        self.handle_of[id(obj)] = handle
+        return handle
+
+    def _encode_handle(self, obj: object) -> msgpack.ExtType:
+        handle = self._register(obj)
+        payload = msgpack.packb([handle, type(obj).__name__[:100]], use_bin_type=True)
+        return msgpack.ExtType(Ext.HANDLE, payload)
+
+    def _decode_handle(self, _code: int, payload: Any) -> object:
+        handle = payload[0] if isinstance(payload, list) and payload else payload
+        if not isinstance(handle, int) or handle not in self.objects:
+            raise CodecError(f"handle {handle!r} does not name a live worker object")
+        return self.objects[handle]
+
+    def _decode_callback(self, _code: int, payload: Any) -> object:
+        if not isinstance(payload, int):
+            raise CodecError("a callback marker is malformed")
+        return StepCallback(payload, self.ask)
+
+    def _target(self, handle: object) -> object:
+        if not isinstance(handle, int) or handle not in self.objects:
+            raise Refused(f"handle {handle!r} does not name a live worker object")
+        return self.objects[handle]
+
+    # messaging ----------------------------------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(message)
+
+    def ask(self, message: dict[str, Any]) -> Any:
+        """Send a callback request, serving nested requests until its reply comes."""
+        self.send(message)
+        while True:
+            request = self.channel.recv()
+            if request["op"] == protocol.CALLBACK_RESULT:
+                return request.get("tensors")
+            if request["op"] == protocol.CALLBACK_ERROR:
+                raise CallbackFailed(str(request.get("message", "the caller's callback failed")))
+            self.dispatch(request)
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.recorder.take() if self.recorder is not None else []
+
+    def dispatch(self, request: dict[str, Any]) -> None:
+        try:
+            value = self.handle(request)
+        except (CodeRefused, Refused) as exc:
+            self.send(
+                {
+                    "op": protocol.ERROR,
+                    "kind": protocol.ERROR_REFUSED,
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": "",
+                    "events": self.events(),
+                }
+            )
+            return
+        except Exception as exc:  # every pipeline exception reaches the caller as text
+            self.send(
+                {
+                    "op": protocol.ERROR,
+                    "kind": protocol.ERROR_EXCEPTION,
+                    "type": type(exc).__name__,
+                    "message": str(exc)[:4000],
+                    "traceback": traceback.format_exc()[-20000:],
+                    "events": self.events(),
+                }
+            )
+            return
+        try:
+            self.send({"op": protocol.RESULT, "value": value, "events": self.events()})
+        except CodecError as exc:
+            self.send(
+                {
+                    "op": protocol.ERROR,
+                    "kind": protocol.ERROR_LIMIT,
+                    "type": "CodecError",
+                    "message": str(exc),
+                    "traceback": "",
+                    "events": self.events(),
+                }
+            )
+
+    def serve(self) -> None:
+        self.send(
+            {
+                "op": protocol.HELLO,
+                "version": protocol.PROTOCOL_VERSION,
+                "pid": os.getpid(),
+                "layers": [layer.to_dict() for layer in self.layers],
+            }
+        )
+        while not self.closing:
+            try:
+                request = self.channel.recv()
+            except PeerClosed:
+                return
+            self.dispatch(request)
+
+    # requests -----------------------------------------------------------------------------------------
+    def handle(self, request: dict[str, Any]) -> Any:
+        op = request["op"]
+        self.release(request.get("release"))
+        if op == protocol.LOAD:
+            return self.load(request)
+        if op == protocol.GETATTR:
+            return self.get_attribute(self._target(request.get("target")), request.get("name"))
+        if op == protocol.CALL:
+            return self.call(request)
+        if op == protocol.DESCRIBE:
+            return describe(self._target(request.get("target")))
+        if op == protocol.SEED:
+            import torch
+
+            seed = request.get("seed")
+            if not isinstance(seed, int) or not 0 <= seed < 2**64:
+                raise Refused("a seed must be an integer in [0, 2**64)")
+            torch.manual_seed(seed)
+            return None
+        if op == protocol.RELEASE:
+            return None
+        if op == protocol.CLOSE:
+            self.closing = True
+            return None
+        raise Refused(f"unknown request {op!r}")
+
+    def release(self, handles: object) -> None:
+        for handle in handles if isinstance(handles, list) else []:
+            if handle != protocol.PIPELINE_HANDLE and handle in self.objects:
+                self.handle_of.pop(id(self.objects.pop(handle)), None)
+
+    def load(self, request: dict[str, Any]) -> Any:
+        if protocol.PIPELINE_HANDLE in self.objects:
+            raise Refused("this worker already holds a pipeline; start a new session for another load")
+        model_dir = Path(str(request["model_dir"]))
+        kwargs = dict(request.get("kwargs") or {})
+        refused = sorted(_REFUSED_KWARGS & set(kwargs))
+        if refused:
+            raise Refused(f"from_pretrained arguments {refused} are decided by safeloader, not passed through")
+        code = request.get("code") or {}
+        hashes = request.get("hashes") or {}
+        if not isinstance(code, dict) or not isinstance(hashes, dict):
+            raise Refused("the code and hash tables must be maps")
+        package = VerifiedPackage(
+            code,
+            hashes,
+            label=str(request.get("package", "remote")),
+            restricted_python=str(request.get("restricted_python", "off")),
+        )
+        route_dynamic_modules(package, model_dir)
+        if self.recorder is None:
+            self.recorder = install_recorder([str(model_dir), package.virtual_root], [tempfile.gettempdir()])
+        entry = request.get("entry")
+        if entry is not None:
+            pipeline_class: Any = defined_pipeline_class(package.import_relpath(str(entry)))
+        else:
+            from diffusers import DiffusionPipeline
+
+            pipeline_class = DiffusionPipeline
+        pipeline = pipeline_class.from_pretrained(str(model_dir), **kwargs)
+        self._register(pipeline, protocol.PIPELINE_HANDLE)
+        return describe(pipeline)
+
+    def get_attribute(self, target: object, name: object) -> Any:
+        if not protocol.is_public_name(name):
+            raise Refused(f"attribute {name!r} is not public; only public names cross the boundary")
+        value = getattr(target, str(name))
+        if inspect.ismethod(value) or inspect.isbuiltin(value) or inspect.isfunction(value):
+            return {"kind": "method"}
+        return {"kind": "value", "value": value}
+
+    def call(self, request: dict[str, Any]) -> Any:
+        target = self._target(request.get("target"))
+        method = request.get("method")
+        if method is not None:
+            if not protocol.is_public_name(method):
+                raise Refused(f"method {method!r} is not public; only public names cross the boundary")
+            function = getattr(target, str(method))
+        else:
+            function = target
+        if not callable(function):
+            raise Refused(f"{type(target).__name__}.{method} is not callable")
+        args = request.get("args") or []
+        kwargs = request.get("kwargs") or {}
+        return function(*args, **kwargs)
+
+
+def describe(target: object) -> dict[str, Any]:
+    """A pipeline's shape as data: type, config, components (name → class name), device and dtype."""
+    config = getattr(target, "config", None)
+    components = getattr(target, "components", None)
+    info: dict[str, Any] = {"type": type(target).__name__, "config": dict(config) if isinstance(config, dict) else None}
+    if isinstance(components, dict):
+        info["components"] = {
+            str(name): None if value is None else type(value).__name__ for name, value in components.items()
+        }
+    for attribute in ("device", "dtype"):
+        try:
+            info[attribute] = getattr(target, attribute)
+        except Exception:  # a pipeline without modules has no device: report None
+            info[attribute] = None
+    return info
+
+
+def run_worker(layers: Sequence[LayerStatus]) -> int:
+    """Import the heavy libraries, then serve fd 3 until the caller closes it."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_MODULES_CACHE"] = os.path.join(tempfile.gettempdir(), "hf_modules")
+    os.environ["DIFFUSERS_NO_ADVISORY_WARNINGS"] = "1"
+    sock = socket.socket(fileno=IPC_FD)
+    import diffusers.pipelines.pipeline_utils  # noqa: F401
+    import torch  # noqa: F401 - imported before hello so a pre-started worker is ready to load
+
+    worker = Worker(sock, layers)
+    install_progress_forwarding(worker.send)
+    try:
+        worker.serve()
+    except (BrokenPipeError, ConnectionResetError, PeerClosed):
+        return 0
+    finally:
+        sys.stdout.flush()
+    return 0

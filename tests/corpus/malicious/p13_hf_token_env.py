@@ -1,0 +1,4 @@
+# expect: SL802 — reads the Hub token from the environment
+import os
+
+token = os.environ.get("HF_TOKEN")

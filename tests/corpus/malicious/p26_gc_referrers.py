@@ -1,0 +1,4 @@
+# expect: SL704 — heap walk with gc
+import gc
+
+objs = gc.get_objects()

@@ -1,0 +1,4 @@
+# expect: SL904 — replaces a module for every later import
+import sys
+
+sys.modules["safetensors"] = object()

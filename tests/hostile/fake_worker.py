@@ -1,0 +1,74 @@
+"""A fake worker that says hello properly, then answers the first request with one hostile frame.
+
+Run by tests/fixtures/plain_worker.py as ``python fake_worker.py MODE MARKER``; MARKER is a path that a
+payload's ``__reduce__`` would create if the caller ever unpickled it.
+"""
+
+import fcntl
+import os
+import pickle
+import socket
+import struct
+import sys
+import time
+
+import msgpack
+
+from safeloader.ipc.codec import Ext
+from safeloader.ipc.framing import recv_frame, send_frame
+
+mode, marker = sys.argv[1], sys.argv[2]
+sock = socket.socket(fileno=3)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {marker}",))
+
+
+def frame(message):
+    send_frame(sock, msgpack.packb(message, use_bin_type=True))
+
+
+def sealed(data, seals):
+    fd = os.memfd_create("fake", os.MFD_ALLOW_SEALING)
+    os.write(fd, data)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+if mode == "no_hello":
+    time.sleep(60)
+frame({"op": "hello", "version": 1, "pid": os.getpid(), "layers": []})
+recv_frame(sock)
+deep = []
+for _ in range(400):
+    deep = [deep]
+if mode == "garbage":
+    sock.sendall(struct.pack(">IB", 8, 0) + b"\xc1\xc1\xc1\xc1\xc1\xc1\xc1\xc1")
+elif mode == "oversized":
+    sock.sendall(struct.pack(">IB", 2**31, 0) + b"x" * 1024)
+elif mode == "deep":
+    frame({"op": "result", "value": deep})
+elif mode == "pickle_ext":
+    frame({"op": "result", "value": msgpack.ExtType(42, pickle.dumps(Exploit()))})
+elif mode == "pickle_in_output":
+    frame({"op": "result", "value": msgpack.ExtType(Ext.OUTPUT, msgpack.packb(["Exploit", pickle.dumps(Exploit())]))})
+elif mode == "not_a_message":
+    frame([1, 2, 3])
+elif mode == "unknown_op":
+    frame({"op": "exec", "code": "import os"})
+elif mode == "unsealed_memfd":
+    fd = sealed(b"\x00" * 16, fcntl.F_SEAL_SHRINK)
+    send_frame(sock, msgpack.packb({"op": "result", "value": msgpack.ExtType(
+        Ext.TENSOR, msgpack.packb(["float32", [4], 0, "cpu"]))}), [fd])
+elif mode == "stray_fd":
+    send_frame(sock, msgpack.packb({"op": "result", "value": 1}), [sys.stdout.fileno()])
+elif mode == "truncated":
+    sock.sendall(struct.pack(">IB", 1000, 0) + b"\x81")
+    os._exit(0)
+elif mode == "result_after_callback_storm":
+    for _ in range(10_000):
+        frame({"op": "progress", "bar": 1, "event": "update", "n": 1, "total": 1.0, "desc": "x"})
+    frame({"op": "result", "value": {"kind": "value", "value": "ok"}})
+time.sleep(60)

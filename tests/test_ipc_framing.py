@@ -1,0 +1,95 @@
+"""Frames over a socketpair: sizes, attached fds, truncation, timeouts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed, recv_frame, send_frame
+from safeloader.ipc.limits import Limits
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield left, right
+    left.close()
+    right.close()
+
+
+def test_frames_and_fds_round_trip(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    read_end, write_end = os.pipe()
+    send_frame(left, b"hello", [write_end])
+    send_frame(left, b"")
+    body, fds = recv_frame(right)
+    assert bytes(body) == b"hello" and len(fds) == 1
+    os.write(fds[0], b"!")
+    assert os.read(read_end, 1) == b"!"
+    for fd in (*fds, read_end, write_end):
+        os.close(fd)
+    assert recv_frame(right) == (bytearray(), [])
+
+
+def test_large_frame_arrives_whole(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    import threading
+
+    payload = os.urandom(3 * 1024 * 1024)
+    sender = threading.Thread(target=send_frame, args=(left, payload))
+    sender.start()
+    body, _fds = recv_frame(right)
+    sender.join()
+    assert body == payload
+
+
+def test_oversized_frames_are_refused_both_ways(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    limits = Limits(max_frame_bytes=100)
+    with pytest.raises(FrameError):
+        send_frame(left, b"x" * 101, limits=limits)
+    left.sendall(struct.pack(">IB", 2**31, 0))
+    with pytest.raises(FrameError, match="exceeds"):
+        recv_frame(right, limits=limits)
+
+
+def test_fd_count_mismatch(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    left.sendall(struct.pack(">IB", 1, 2) + b"x")  # announces two fds, carries none
+    with pytest.raises(FrameError, match="announced"):
+        recv_frame(right)
+
+
+def test_truncated_frame(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    left.sendall(struct.pack(">IB", 10, 0) + b"abc")
+    left.shutdown(socket.SHUT_WR)
+    with pytest.raises(FrameError, match="closed after"):
+        recv_frame(right)
+
+
+def test_eof_between_frames_and_timeout(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    started = time.monotonic()
+    with pytest.raises(FrameTimeout):
+        recv_frame(right, deadline=time.monotonic() + 0.2)
+    assert time.monotonic() - started < 2
+    left.close()
+    with pytest.raises(PeerClosed):
+        recv_frame(right)
+
+
+def test_too_many_fds_are_closed_and_refused(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    read_end, write_end = os.pipe()
+    send_frame(left, b"x", [write_end] * 5)
+    with pytest.raises(FrameError):
+        recv_frame(right, limits=Limits(max_fds=2))
+    os.close(write_end)
+    assert os.read(read_end, 1) == b""  # every received duplicate was closed, so the pipe is at EOF
+    os.close(read_end)
