@@ -1,42 +1,120 @@
-"""Run every fuzz target briefly (CI) or for long (``--seconds 3600``).
+"""Run every fuzz target: briefly without atheris (the default, what CI and ``make fuzz`` do) or for long under it.
 
-Each target is a script in this folder named ``fuzz_*.py``. With atheris installed and ``--atheris``,
-a target runs under libFuzzer for the given time; otherwise (the default, and what CI uses) it runs
-its built-in smoke loop: the seed corpus plus random mutations for the given time.
+Each target is a script in this folder named ``fuzz_*.py`` with a seed corpus in ``corpus/<name>/``. Every
+target turns arbitrary bytes into a value or a :class:`~safeloader.errors.SafeLoaderError`; anything else is a
+finding, saved to ``fuzz/crash-input.bin`` (smoke mode) or ``fuzz/findings/<target>/`` (atheris).
+
+Smoke mode (default): the seed corpus plus random mutations, ``--seconds`` per target, each input under a
+time guard, the whole target under a wall-clock limit::
+
+    python fuzz/run_all.py --seconds 20                  # every target, 20 s each
+    python fuzz/run_all.py --seconds 5 fuzz_ipc_decode   # one target
+
+Long run under atheris/libFuzzer (coverage-guided; new inputs go to ``fuzz/findings/<target>/corpus``, never
+into the seed corpus)::
+
+    python fuzz/run_all.py --atheris --seconds 3600      # one hour per target
+    python fuzz/run_all.py --atheris --seconds 600 -j 2 fuzz_lockfile
+
+A finding is fixed by making the code under test raise a ``SafeLoaderError``; then copy the input into the
+target's seed corpus so every later run replays it.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: Time one input may take in smoke mode before it counts as a hang.
+INPUT_SECONDS = 10.0
+#: Start-up (imports of torch and diffusers) allowed on top of a target's run time before it counts as hung.
+STARTUP_GRACE_SECONDS = 90
+
+
+class InputTimedOut(BaseException):
+    """One input ran past the smoke mode's per-input limit (a BaseException, so no ``except Exception`` hides it)."""
+
+
+def _raise_timed_out(_signum: int, _frame: object) -> None:
+    raise InputTimedOut(f"one input ran for more than {INPUT_SECONDS:g} s")
+
+
+def with_input_time_limit(target: Callable[[bytes], None], argv: list[str]) -> Callable[[bytes], None]:
+    """``target`` under a per-input SIGALRM guard in smoke mode; unchanged under atheris (its ``-timeout`` rules)."""
+    if not any(arg.startswith("--smoke") for arg in argv):
+        return target
+
+    def guarded(data: bytes) -> None:
+        previous = signal.signal(signal.SIGALRM, _raise_timed_out)
+        signal.setitimer(signal.ITIMER_REAL, INPUT_SECONDS)
+        try:
+            target(data)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return guarded
+
+
+def corpus_dir(target: Path) -> Path:
+    """``corpus/<name>`` for ``fuzz_<name>.py``, else the corpus named by the name's first word (``ipc``)."""
+    name = target.stem.removeprefix("fuzz_")
+    for candidate in (name, name.split("_")[0]):
+        if (HERE / "corpus" / candidate).is_dir():
+            return HERE / "corpus" / candidate
+    return HERE / "corpus" / name
+
+
+def command_for(target: Path, seconds: int, *, atheris: bool, jobs: int) -> list[str]:
+    if not atheris:
+        return [sys.executable, str(target), "--smoke-seconds", str(seconds)]
+    findings = HERE / "findings" / target.stem
+    (findings / "corpus").mkdir(parents=True, exist_ok=True)
+    # libFuzzer adds new inputs to the first corpus folder: a scratch folder, so the seeds stay hand-picked.
+    return [
+        sys.executable,
+        str(target),
+        f"-max_total_time={seconds}",
+        "-timeout=10",
+        "-rss_limit_mb=4096",
+        "-max_len=65536",
+        f"-jobs={jobs}",
+        f"-workers={jobs}",
+        f"-artifact_prefix={findings}/",
+        str(findings / "corpus"),
+        str(corpus_dir(target)),
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=20, help="time per target")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=20, help="run time per target (default 20)")
     parser.add_argument("--atheris", action="store_true", help="run under atheris/libFuzzer instead of the smoke loop")
-    parser.add_argument("targets", nargs="*", help="target names (default: all fuzz_*.py)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="parallel libFuzzer jobs per target (atheris only)")
+    parser.add_argument("targets", nargs="*", help="target names such as fuzz_lockfile (default: every fuzz_*.py)")
     args = parser.parse_args()
-    targets = [HERE / f"{name}.py" for name in args.targets] or sorted(HERE.glob("fuzz_*.py"))
+    targets = [HERE / f"{name.removesuffix('.py')}.py" for name in args.targets] or sorted(HERE.glob("fuzz_*.py"))
+    missing = [str(t) for t in targets if not t.is_file()]
+    if missing:
+        parser.error(f"no such target: {', '.join(missing)}")
     failures = 0
     for target in targets:
-        corpus = HERE / "corpus" / target.stem.removeprefix("fuzz_")
-        if args.atheris:
-            cmd = [sys.executable, str(target), f"-max_total_time={args.seconds}", "-timeout=10", "-rss_limit_mb=4096"]
-            if corpus.is_dir():
-                cmd.append(str(corpus))
-        else:
-            cmd = [sys.executable, str(target), "--smoke-seconds", str(args.seconds)]
+        command = command_for(target, args.seconds, atheris=args.atheris, jobs=args.jobs)
+        limit = args.seconds * 2 + STARTUP_GRACE_SECONDS
         started = time.perf_counter()
-        result = subprocess.run(cmd, check=False)
-        status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
+        try:
+            returncode = subprocess.run(command, check=False, timeout=limit).returncode
+            status = "ok" if returncode == 0 else f"FAILED (exit {returncode})"
+        except subprocess.TimeoutExpired:
+            returncode, status = 1, f"HUNG (no exit within {limit} s)"
         print(f"fuzz {target.stem}: {status} in {time.perf_counter() - started:.1f} s", flush=True)
-        failures += result.returncode != 0
+        failures += returncode != 0
     return 1 if failures else 0
 
 

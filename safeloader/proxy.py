@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import signal
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from safeloader.errors import (
 )
 from safeloader.ipc import protocol
 from safeloader.ipc.channel import Channel
-from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device
+from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device, preload_output_classes
 from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed
 from safeloader.policy.schema import Policy
 from safeloader.sandbox.report import LayerStatus, SandboxReport
@@ -114,6 +115,9 @@ class WorkerSession:
         """Spawn a confined worker for ``model_dir`` and wait (``load_timeout_s``) for its hello."""
         spawn = spawner if spawner is not None else _default_spawner()
         worker = spawn(policy.sandbox, model_dir=Path(model_dir))
+        # The caller needs diffusers' output classes for the first result; import them while the worker
+        # imports torch and diffusers, instead of after the first call.
+        threading.Thread(target=preload_output_classes, name="safeloader-preload", daemon=True).start()
         session = cls(worker, policy)
         limit_s = policy.sandbox.load_timeout_s
         try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import diffusers
 import pytest
 
-import diffusers
 from safeloader.audit import audit_path, audit_sources
 from safeloader.policy import load_policy
 
@@ -50,7 +50,9 @@ def test_no_diffusers_pipeline_is_denied_under_default_and_all_compile_guarded()
     denied, refused = [], []
     for path in files:
         package = ".".join(path.relative_to(DIFFUSERS_PIPELINES.parent.parent).with_suffix("").parts[:-1])
-        report = audit_sources({path.name: path.read_bytes()}, policy, entry=path.name, label=str(path), package=package)
+        report = audit_sources(
+            {path.name: path.read_bytes()}, policy, entry=path.name, label=str(path), package=package
+        )
         if report.verdict != "allow":
             denied.append(report.format_text())
         if not report.restricted_python[path.name].compiled:

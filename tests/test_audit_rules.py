@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from safeloader.audit import RULES, audit_sources
+from safeloader.audit import RULES, AuditReport, audit_sources
 from safeloader.audit.model import decide_verdict
 from safeloader.audit.rules import FAMILIES
 from safeloader.errors import AuditError, IntegrityError
@@ -17,7 +18,7 @@ from safeloader.policy.schema import SEVERITIES, Policy
 DEFAULT = load_policy("default")
 
 
-def audit(source: str, policy: Policy = DEFAULT, **files: str) -> tuple[set[str], object]:
+def audit(source: str, policy: Policy = DEFAULT, **files: str) -> tuple[set[str], AuditReport]:
     sources = {"pipeline.py": textwrap.dedent(source).encode()}
     sources.update({name.replace("__", "/") + ".py": textwrap.dedent(text).encode() for name, text in files.items()})
     report = audit_sources(sources, policy, entry="pipeline.py", label="test")
@@ -25,8 +26,18 @@ def audit(source: str, policy: Policy = DEFAULT, **files: str) -> tuple[set[str]
 
 
 def test_registry_ids_are_unique_in_family_ranges_with_cwe_and_message() -> None:
-    ranges = {"imports": "SL1", "process": "SL2", "network": "SL3", "dynamic": "SL4", "deserialization": "SL5",
-              "native": "SL6", "introspection": "SL7", "credentials": "SL8", "tampering": "SL9", "obfuscation": "SL9"}
+    ranges = {
+        "imports": "SL1",
+        "process": "SL2",
+        "network": "SL3",
+        "dynamic": "SL4",
+        "deserialization": "SL5",
+        "native": "SL6",
+        "introspection": "SL7",
+        "credentials": "SL8",
+        "tampering": "SL9",
+        "obfuscation": "SL9",
+    }
     seen: set[str] = set()
     for family in FAMILIES:
         for rule in family.rules:
@@ -92,25 +103,29 @@ def test_rule_fires(source: str, rule: str) -> None:
 
 
 def test_safe_torch_and_numpy_loads_pass() -> None:
-    found, _ = audit("import torch, numpy as np, yaml\ntorch.load(p, weights_only=True)\nnp.load(p)\n"
-                     "yaml.load(s, Loader=yaml.SafeLoader)\nopen(__file__).read()\n")
+    found, _ = audit(
+        "import torch, numpy as np, yaml\ntorch.load(p, weights_only=True)\nnp.load(p)\n"
+        "yaml.load(s, Loader=yaml.SafeLoader)\nopen(__file__).read()\n"
+    )
     assert found == set()
 
 
 def test_policy_overrides_severity_and_switches_rules_off() -> None:
     source = "import os\ntoken = os.environ.get('HF_TOKEN')\n"
-    assert audit(source)[1].verdict == "deny"  # type: ignore[attr-defined]
+    assert audit(source)[1].verdict == "deny"
     lowered = with_overrides(DEFAULT, audit={"rules": (("SL802", "low"),)})
     _, report = audit(source, lowered)
-    assert report.verdict == "allow" and report.findings[0].severity == "low"  # type: ignore[attr-defined]
+    assert report.verdict == "allow" and report.findings[0].severity == "low"
     off = with_overrides(DEFAULT, audit={"rules": (("SL802", "off"),)})
     assert audit(source, off)[0] == set()
 
 
 def test_allow_and_deny_imports() -> None:
-    policy = with_overrides(DEFAULT, audit={"allow_imports": ("torch", "diffusers", "typing"), "deny_imports": ("wandb",)})
-    found, report = audit("import torch.nn\nfrom diffusers.utils import x\nimport numpy\nimport wandb\n", policy)
-    modules = {(f.rule_id, f.line) for f in report.findings}  # type: ignore[attr-defined]
+    policy = with_overrides(
+        DEFAULT, audit={"allow_imports": ("torch", "diffusers", "typing"), "deny_imports": ("wandb",)}
+    )
+    _, report = audit("import torch.nn\nfrom diffusers.utils import x\nimport numpy\nimport wandb\n", policy)
+    modules = {(f.rule_id, f.line) for f in report.findings}
     assert modules == {("SL101", 3), ("SL101", 4), ("SL102", 4)}
     dynamic, _ = audit("__import__('wan' + 'db')\n", policy)
     assert {"SL102", "SL103", "SL955"} <= dynamic
@@ -120,30 +135,32 @@ def test_verdict_modes() -> None:
     source = "eval('1')\n"
     warn = with_overrides(DEFAULT, audit={"mode": "warn"})
     off = with_overrides(DEFAULT, audit={"mode": "off"})
-    assert audit(source)[1].verdict == "deny"  # type: ignore[attr-defined]
-    assert audit(source, warn)[1].verdict == "warn"  # type: ignore[attr-defined]
+    assert audit(source)[1].verdict == "deny"
+    assert audit(source, warn)[1].verdict == "warn"
     _, report = audit(source, off)
-    assert report.verdict == "allow" and "AUDIT DISABLED" in report.notes[0]  # type: ignore[attr-defined]
+    assert report.verdict == "allow" and "AUDIT DISABLED" in report.notes[0]
     medium_only = audit("import pickle\n")[1]
-    assert medium_only.verdict == "allow" and medium_only.findings  # type: ignore[attr-defined]
+    assert medium_only.verdict == "allow" and medium_only.findings
     assert decide_verdict((), mode="enforce", fail_on="info") == "allow"
 
 
 def test_relative_imports_are_followed_and_checked() -> None:
-    found, report = audit("from .helpers import run\nfrom .missing import y\nfrom ..outside import z\n",
-                          helpers="import os\nos.system('x')\n")
+    found, report = audit(
+        "from .helpers import run\nfrom .missing import y\nfrom ..outside import z\n",
+        helpers="import os\nos.system('x')\n",
+    )
     assert {"SL202", "SL104", "SL105"} <= found
-    assert any(i.how == "relative" for i in report.imports)  # type: ignore[attr-defined]
-    assert set(report.file_hashes) == {"pipeline.py", "helpers.py"}  # type: ignore[attr-defined]
+    assert any(i.how == "relative" for i in report.imports)
+    assert set(report.file_hashes) == {"pipeline.py", "helpers.py"}
 
 
 def test_report_records_imports_hashes_and_source_lines() -> None:
     source = "import torch\nimport importlib\nm = importlib.import_module('numpy')\n"
     _, report = audit(source)
-    hows = {(i.module, i.how) for i in report.imports}  # type: ignore[attr-defined]
+    hows = {(i.module, i.how) for i in report.imports}
     assert {("torch", "static"), ("numpy", "importlib")} <= hows
-    assert report.file_hashes["pipeline.py"] == hashlib.sha256(source.encode()).hexdigest()  # type: ignore[attr-defined]
-    finding = next(f for f in report.findings if f.rule_id == "SL103")  # type: ignore[attr-defined]
+    assert report.file_hashes["pipeline.py"] == hashlib.sha256(source.encode()).hexdigest()
+    finding = next(f for f in report.findings if f.rule_id == "SL103")
     assert finding.line == 3 and finding.source_line.startswith("m = importlib")
 
 
@@ -153,7 +170,7 @@ def test_report_records_imports_hashes_and_source_lines() -> None:
     ids=["syntax", "nul", "nested-parens", "deep-unary"],
 )
 def test_unparsable_or_too_deep_input_is_an_audit_error(source: bytes) -> None:
-    with pytest.raises(AuditError, match="pipeline.py"):
+    with pytest.raises(AuditError, match=r"pipeline\.py"):
         audit_sources({"pipeline.py": source}, DEFAULT, entry="pipeline.py", label="bad")
 
 
@@ -168,7 +185,7 @@ def test_oversized_input_is_refused() -> None:
         audit_sources({"pipeline.py": b"#" * (3 * 1024 * 1024)}, DEFAULT, entry="pipeline.py", label="big")
 
 
-def test_audit_manifest_reads_verified_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_audit_manifest_reads_verified_bytes(tmp_path: Path) -> None:
     from safeloader.audit import audit_manifest
     from safeloader.resolve.manifest import Manifest, sha256_hex
 
@@ -176,9 +193,18 @@ def test_audit_manifest_reads_verified_bytes(tmp_path) -> None:  # type: ignore[
     digest = sha256_hex(data)
     (tmp_path / digest[:2]).mkdir()
     (tmp_path / digest[:2] / digest).write_bytes(data)
-    manifest = Manifest(source="hub", source_id="org/name", repo="org/name", repo_type="model",
-                        requested_revision="main", commit="a" * 40, entry="pipeline.py",
-                        files={"pipeline.py": digest}, fetched_at="now", blob_root=tmp_path)
+    manifest = Manifest(
+        source="hub",
+        source_id="org/name",
+        repo="org/name",
+        repo_type="model",
+        requested_revision="main",
+        commit="a" * 40,
+        entry="pipeline.py",
+        files={"pipeline.py": digest},
+        fetched_at="now",
+        blob_root=tmp_path,
+    )
     report = audit_manifest(manifest, DEFAULT)
     assert report.verdict == "deny" and report.label == f"org/name@{'a' * 40}"
     (tmp_path / digest[:2] / digest).write_bytes(b"print('swapped')\n")
@@ -189,6 +215,26 @@ def test_audit_manifest_reads_verified_bytes(tmp_path) -> None:  # type: ignore[
 def test_restricted_enforce_turns_refusal_into_a_finding() -> None:
     strict = with_overrides(DEFAULT, audit={"restricted_python": "enforce"})
     found, report = audit("class A:\n    def f(self):\n        return self.__globals__\n", strict)
-    assert "SL499" in found and not report.restricted_python["pipeline.py"].compiled  # type: ignore[attr-defined]
+    assert "SL499" in found and not report.restricted_python["pipeline.py"].compiled
     off = with_overrides(DEFAULT, audit={"restricted_python": "off"})
-    assert audit("x = 1\n", off)[1].restricted_python == {}  # type: ignore[attr-defined]
+    assert audit("x = 1\n", off)[1].restricted_python == {}
+
+
+def test_policies_readme_documents_every_rule() -> None:
+    readme = (Path(__file__).parent.parent / "policies" / "README.md").read_text()
+    for rule in RULES.values():
+        assert f"| {rule.id} | {rule.family} | `{rule.name}` | {rule.severity} | CWE-{rule.cwe} |" in readme
+
+
+def test_audit_path_directory_without_pipeline_py_audits_every_file(tmp_path: Path) -> None:
+    from safeloader.audit import audit_path
+
+    (tmp_path / "a.py").write_text("from .lib import helper\n")
+    (tmp_path / "b.py").write_text("x = 1\n")
+    (tmp_path / "lib.py").write_text("import socket\n")
+    (tmp_path / "unrelated.txt").write_text("import os; os.system('x')\n")
+    report = audit_path(tmp_path, DEFAULT)
+    assert set(report.file_hashes) == {"a.py", "b.py", "lib.py"}
+    assert [(f.rule_id, f.file) for f in report.findings] == [("SL301", "lib.py")]
+    with pytest.raises(AuditError, match="does not exist"):
+        audit_path(tmp_path / "missing", DEFAULT)

@@ -183,7 +183,7 @@ class PipelineTransformer(RestrictingNodeTransformer):
             self.error(node, f'attribute "{node.attr}" is reserved for the safeloader guard layer.')
             return node
         # Let the parent rewrite it; temporarily present a name it accepts, then restore the real one.
-        real = node.attr
+        real = self.mangle(node.attr)
         node.attr = "a"
         rewritten = super().visit_Attribute(node)
         if isinstance(rewritten, ast.Call):
@@ -218,10 +218,28 @@ class PipelineTransformer(RestrictingNodeTransformer):
         # through _write_ and checked the attribute name.
         return self.node_contents_visit(node)
 
+    def mangle(self, attr: str) -> str:
+        """Private-name mangling, done here because ``_getattr_(self, "__x")`` is a string the compiler
+        would no longer mangle (``self.__x`` in class ``C`` means ``self._C__x``)."""
+        classes: list[str] = getattr(self, "_class_names", [])
+        if not classes or not attr.startswith("__") or attr.endswith("__"):
+            return attr
+        owner = classes[-1].lstrip("_")
+        return f"_{owner}{attr}" if owner else attr
+
     def visit_ClassDef(self, node: ast.ClassDef) -> Any:
         # Keep the class as written (the parent forces ``metaclass=__metaclass__`` for Zope).
         self.check_name(node, node.name)
-        return self.node_contents_visit(node)
+        node.decorator_list = [self.visit(decorator) for decorator in node.decorator_list]
+        classes: list[str] = getattr(self, "_class_names", [])
+        self._class_names = [*classes, node.name]
+        try:
+            node.bases = [self.visit(base) for base in node.bases]
+            node.keywords = [self.visit(keyword) for keyword in node.keywords]
+            node.body = _flatten([self.visit(statement) for statement in node.body])
+        finally:
+            self._class_names = classes
+        return node
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
         self.check_name(node, node.name)
@@ -254,6 +272,16 @@ class PipelineTransformer(RestrictingNodeTransformer):
 
     def visit_Match(self, node: ast.AST) -> Any:
         return self.node_contents_visit(node)
+
+
+def _flatten(items: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for item in items:
+        if isinstance(item, list):
+            flat.extend(item)
+        elif item is not None:
+            flat.append(item)
+    return flat
 
 
 def _plain_type_expression(text: str) -> bool:
@@ -299,6 +327,9 @@ def compile_restricted_module(source: str | bytes, filename: str) -> types.CodeT
         result = compile_restricted_exec(source, filename=filename, policy=PipelineTransformer)
     except (RecursionError, MemoryError) as exc:
         raise AuditDenied(f"{filename} is nested too deeply for the guard layer; simplify the code.") from exc
+    except (SyntaxError, ValueError) as exc:
+        # Parsable but not compilable (an unknown __future__ feature, a misplaced return, NUL bytes).
+        raise AuditDenied(f"{filename} does not compile ({exc}); fix the file before running it.") from exc
     if result.errors or result.code is None:
         details = "; ".join(result.errors) or "no code produced"
         raise AuditDenied(

@@ -17,9 +17,9 @@ from safeloader._demo.tiny_model import ONE_STEP_PIPELINE_SOURCE, build_tiny_mod
 
 
 def demo_root() -> Path:
-    from safeloader.resolve.cache import default_cache_root
+    from safeloader.resolve.cache import cache_root
 
-    return default_cache_root() / "demo"
+    return cache_root() / "demo"
 
 
 def prepare(root: Path) -> tuple[Path, Path]:

@@ -94,6 +94,15 @@ _MAX_INT = 2**64 - 1
 _MIN_INT = -(2**63)
 
 
+def preload_output_classes() -> None:
+    """Import the modules of the most common output classes (run in a thread while a worker starts)."""
+    import importlib
+
+    for module_name in {location[0] for location in list(OUTPUT_CLASSES.values())[:2]}:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module_name)
+
+
 def available_device(name: str) -> str:
     """Where a received tensor or generator goes: its named CUDA device when this side has CUDA, else CPU."""
     if name.startswith("cuda"):
@@ -418,7 +427,7 @@ class Decoder:
         raise CodecError("an array's data is neither inline bytes nor an attached memfd")
 
     def _ndarray(self, payload: list[Any]) -> Any:
-        if len(payload) != 4 or payload[0] not in NUMPY_DTYPES:
+        if len(payload) != 4 or not isinstance(payload[0], str) or payload[0] not in NUMPY_DTYPES:
             raise CodecError("an ndarray extension is malformed or its dtype is not allowed")
         dtype = np.dtype(payload[0])
         shape = self._shape(payload[1])
@@ -452,6 +461,7 @@ class Decoder:
 
         if (
             len(payload) != 4
+            or not isinstance(payload[0], str)
             or payload[0] not in IMAGE_MODES
             or not isinstance(payload[1], int)
             or not isinstance(payload[2], int)

@@ -119,7 +119,13 @@ def _validate(data: Mapping[str, Any], origin: str) -> None:
             raise PolicyError(f"{origin}: 'sandbox.{key}' must be positive, got {sandbox[key]}.")
     if "threads" in sandbox and not 0 <= sandbox["threads"] <= 256:
         raise PolicyError(f"{origin}: 'sandbox.threads' must be between 0 and 256, got {sandbox['threads']}.")
+    from safeloader.audit.rules import RULES  # lazily: the audit package imports the policy package
+
     for rule_id, value in data.get("audit", {}).get("rules", {}).items():
+        if rule_id not in RULES:
+            raise PolicyError(
+                f"{origin}: 'audit.rules.{rule_id}' names no rule; use a rule id listed in policies/README.md."
+            )
         if not isinstance(value, str) or (value != "off" and value not in SEVERITIES):
             raise PolicyError(
                 f"{origin}: 'audit.rules.{rule_id}' = {value!r}; use \"off\" or one of {', '.join(SEVERITIES)}."
@@ -153,6 +159,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise PolicyError(f"policy file {path} is not UTF-8 text; save it as UTF-8 TOML.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy file {path} is not valid TOML ({exc}); fix the syntax.") from exc
+    except RecursionError as exc:
+        raise PolicyError(f"policy file {path} nests arrays or tables too deeply; flatten it.") from exc
     _validate(data, str(path))
     return data
 

@@ -38,10 +38,6 @@ def cache_root() -> Path:
     return Path(configured).expanduser() if configured else Path(platformdirs.user_cache_dir("safeloader"))
 
 
-#: The name other modules use for the cache root (e.g. the demo keeps its files under it).
-default_cache_root = cache_root
-
-
 def entry_key(*parts: str | None) -> str:
     """A stable file-name-safe key for an entry identified by ``parts``."""
     return hashlib.sha256(json.dumps(list(parts)).encode("utf-8")).hexdigest()

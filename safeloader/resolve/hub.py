@@ -31,6 +31,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.errors import RevisionNotFoundError as HfRevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import tqdm as hf_tqdm
 
 from safeloader.errors import (
     DownloadError,
@@ -156,6 +157,31 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
+def _size_capped_progress(repo_id: str, remote: RemoteFile, commit: str) -> type[hf_tqdm]:
+    """A progress bar class that aborts a download once it exceeds the size the tree listing gave.
+
+    ``hf_hub_download`` trusts the response's own length, so a server sending an endless body would fill the
+    disk; its progress bar sees every chunk before it is written, which makes it the one place to stop it.
+    """
+
+    class SizeCappedProgress(hf_tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            initial = kwargs.get("initial", 0)
+            self.bytes_on_disk = initial if isinstance(initial, int) else 0
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.bytes_on_disk += int(n or 0)
+            if self.bytes_on_disk > remote.size:
+                raise IntegrityError(
+                    f"{remote.path} downloaded from {repo_id}@{commit} is longer than the {remote.size} bytes the Hub "
+                    "lists for it; nothing was stored — retry, and report the mirror if it persists."
+                )
+            return super().update(n)
+
+    return SizeCappedProgress
+
+
 def download_file(
     repo_id: str, remote: RemoteFile, commit: str, *, repo_type: str, token: str | bool | None, workdir: Path
 ) -> bytes:
@@ -170,6 +196,7 @@ def download_file(
             endpoint=hub_endpoint(),
             token=token,
             etag_timeout=30,
+            tqdm_class=_size_capped_progress(repo_id, remote, commit),
         )
         data = Path(local).read_bytes()
     if remote.lfs_sha256 is not None:

@@ -32,6 +32,12 @@ _FS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16)
 _FILE_ONLY = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 READ_ONLY = EXECUTE | READ_FILE | READ_DIR
 READ_WRITE = (1 << 16) - 1 & ~(MAKE_CHAR | MAKE_BLOCK | IOCTL_DEV)
+#: With ``gpu = true``: libcuda writes under its own ``/proc/self`` (thread names) and fails with error 304
+#: otherwise. In the worker's fresh ``/proc`` this is the worker's own entry and nothing else.
+GPU_READ_WRITE = ("/proc/self",)
+#: With ``gpu = true``, covered by empty tmpfs in the worker's mount view: the worker may then create AF_UNIX
+#: sockets (libcuda needs one), and Landlock (ABI ≤ 7) cannot stop it connecting to host daemons' sockets.
+GPU_HIDDEN_DIRS = ("/run", "/tmp", "/var/tmp", "/dev/shm")
 #: Minimum ABI: 4 brings TCP rules; older kernels would leave the network half open.
 MIN_ABI = 4
 

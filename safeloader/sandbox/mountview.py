@@ -43,6 +43,18 @@ def plan_covers(paths: list[str]) -> dict[str, list[str]]:
     return covers
 
 
+def add_hidden_dirs(covers: dict[str, list[str]], hidden: tuple[str, ...], needed: list[str]) -> None:
+    """Also cover each directory in ``hidden`` (binding back the needed paths under it)."""
+    for directory in hidden:
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            continue
+        if any(directory.startswith(key + "/") for key in covers):
+            continue  # already inside a covered directory
+        for key in [k for k in covers if k == directory or k.startswith(directory + "/")]:
+            del covers[key]
+        covers[directory] = [p for p in needed if p.startswith(directory + "/")]
+
+
 def make_mounts_private() -> None:
     _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
 

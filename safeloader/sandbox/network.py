@@ -18,3 +18,4 @@ def unavailable() -> str | None:
 
 
 DETAIL = "own network namespace with no interface up; socket()/socketpair() refused by seccomp"
+GPU_EXCEPTION = "; gpu = true: AF_UNIX sockets allowed for libcuda, with /run, /tmp and /dev/shm hidden"

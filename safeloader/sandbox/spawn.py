@@ -157,6 +157,7 @@ def _landlock_plan(policy: SandboxPolicy, ro_extra: list[str], rw: list[str]) ->
         gpu = filesystem.gpu_paths()
         devices += [p for p in gpu if p.startswith("/dev/")]
         read_only += [p for p in gpu if not p.startswith("/dev/")]
+        rw = [*rw, *filesystem.GPU_READ_WRITE]
     return filesystem.LandlockPlan(read_only=read_only, read_write=[*rw, *policy.write_paths], devices=devices)
 
 
@@ -201,7 +202,7 @@ def spawn_worker(
     program = None
     if "syscalls" not in missing:
         try:
-            program = syscalls.compile_filter()
+            program = syscalls.compile_filter(policy.gpu)
         except SandboxError as exc:
             if "syscalls" in policy.require:
                 raise
@@ -236,14 +237,17 @@ def spawn_worker(
                 "SAFELOADER_SANDBOX": json.dumps(sandbox_config),
             },
         )
-        needed = [p for p in [*plan.read_only, *plan.read_write] if os.path.exists(p)]
+        needed = [p for p in [*plan.read_only, *plan.read_write] if os.path.exists(p) and not p.startswith("/proc/")]
+        covers = mountview.plan_covers(needed) if as_root else {}
+        if as_root and policy.gpu:
+            mountview.add_hidden_dirs(covers, filesystem.GPU_HIDDEN_DIRS, needed)
         worker = _launch(
             {
                 "uid": uid,
                 "gid": gid,
                 "as_root": as_root,
                 "namespaces": namespaces,
-                "covers": mountview.plan_covers(needed) if as_root else {},
+                "covers": covers,
                 "read_only": plan.read_only,
                 "file_binds": binds,
                 "landlock": plan.to_dict() if "filesystem" not in missing else None,
@@ -261,7 +265,7 @@ def spawn_worker(
     details = {
         "environment": environment.status(env, True).detail,
         "privileges": f"host uid {uid}/gid {gid} in its own user namespace; no capabilities; no_new_privs",
-        "network": network.DETAIL,
+        "network": network.DETAIL + (network.GPU_EXCEPTION if policy.gpu else ""),
         "processes": processes.DETAIL,
         "filesystem": worker.report.facts.get("landlock", ""),
         "resources": resources.detail(limits),

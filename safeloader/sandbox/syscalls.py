@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import socket
 import tempfile
 from functools import lru_cache
 
@@ -38,9 +39,13 @@ def _add(filt: object, action: int, name: str, *args: object) -> bool:
     return True
 
 
-@lru_cache(maxsize=1)
-def compile_filter() -> bytes:
-    """The worker's seccomp program as raw BPF (a multiple of 8 bytes)."""
+@lru_cache(maxsize=2)
+def compile_filter(gpu: bool = False) -> bytes:
+    """The worker's seccomp program as raw BPF (a multiple of 8 bytes).
+
+    With ``gpu``, ``socket(AF_UNIX, …)`` is allowed: libcuda's initialisation fails (error 304) when it
+    cannot create one, whatever the errno. Every other family stays refused.
+    """
     try:
         import pyseccomp
     except (ImportError, OSError) as exc:
@@ -53,7 +58,10 @@ def compile_filter() -> bytes:
     filt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     eperm = pyseccomp.ERRNO(errno.EPERM)
     for name in DENIED_EPERM:
-        _add(filt, eperm, name)
+        if not (gpu and name == "socket"):
+            _add(filt, eperm, name)
+    if gpu:
+        _add(filt, eperm, "socket", pyseccomp.Arg(0, pyseccomp.NE, socket.AF_UNIX))
     # Threads are clone(CLONE_THREAD|…); a new process is clone without it.
     _add(filt, eperm, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, _libc.CLONE_THREAD, 0))
     # clone3 passes its flags in memory seccomp cannot read: ENOSYS makes glibc fall back to clone.

@@ -97,7 +97,7 @@ def read_lockfile(path: Path) -> dict[str, LockedPipeline]:
         raise LockfileError(f"lockfile {path} does not exist; create it with `safeloader lock SPEC`.") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise LockfileError(f"lockfile {path} cannot be read ({exc}); check the path and its permissions.") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: arrays nested too deeply
         raise LockfileError(
             f"lockfile {path} is not valid TOML ({exc}); regenerate it with `safeloader lock`."
         ) from exc

@@ -154,7 +154,7 @@ def add_signature(existing: bytes | None, record: Mapping[str, Any]) -> bytes:
 def parse_signature_file(data: bytes) -> list[dict[str, Any]]:
     try:
         body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise SignatureError(f"{SIGNATURE_FILE} is not UTF-8 JSON; re-create it with `safeloader sign`.") from exc
     if (
         not isinstance(body, dict)

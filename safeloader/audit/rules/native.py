@@ -7,8 +7,8 @@ from safeloader.audit.rules.base import Family, Rule
 FAMILY = "native"
 
 RULES = (
-    Rule("SL601", "ffi-module", "critical", 111, "imports {detail}, which calls native code directly", FAMILY),
-    Rule("SL602", "native-library-load", "high", 111, "loads a native library through {detail}", FAMILY),
+    Rule("SL601", "ffi-module", "critical", 676, "imports {detail}, which calls native code directly", FAMILY),
+    Rule("SL602", "native-library-load", "high", 676, "loads a native library through {detail}", FAMILY),
 )
 
 _FFI_MODULES = ("ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "_xxsubinterpreters", "mmap")

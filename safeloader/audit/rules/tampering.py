@@ -20,8 +20,8 @@ RULES = (
     ),
     Rule("SL903", "self-modification", "high", 506, "writes to its own source file through {detail}", FAMILY),
     Rule("SL904", "interpreter-tampering", "high", 506, "rewrites interpreter state through {detail}", FAMILY),
-    Rule("SL921", "signal-send", "high", 283, "sends a signal to a process through {detail}", FAMILY),
-    Rule("SL922", "signal-handler", "medium", 283, "installs signal handlers or timers through {detail}", FAMILY),
+    Rule("SL921", "signal-send", "high", 284, "sends a signal to a process through {detail}", FAMILY),
+    Rule("SL922", "signal-handler", "medium", 284, "installs signal handlers or timers through {detail}", FAMILY),
 )
 
 _PERSISTENCE_FRAGMENTS = (

@@ -1,0 +1,151 @@
+"""Proxy overheads on the tiny DDPM: call time, caller RSS, cold start and load with a pre-started worker.
+
+Every ratio compares against in-process diffusers in the same run. Prints a small table and one JSON line
+(``{"bench": "proxy", ...}``). Run: ``python bench/bench_proxy.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from safeloader._demo.tiny_model import build_tiny_model
+
+COLD_IN_PROCESS = """
+import sys, torch
+from diffusers import DDPMPipeline
+pipe = DDPMPipeline.from_pretrained(sys.argv[1])
+pipe.set_progress_bar_config(disable=True)
+pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=10, output_type="pil")
+"""
+COLD_PROXY = """
+import sys
+from pathlib import Path
+import torch
+from safeloader.policy.schema import Policy
+from safeloader.proxy import load_remote_pipeline
+with load_remote_pipeline(Policy(), model_dir=Path(sys.argv[1]), code={}, code_hashes={}, entry=None,
+                          from_pretrained_kwargs={}) as pipe:
+    pipe.set_progress_bar_config(disable=True)
+    pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=10, output_type="pil")
+"""
+
+
+def median_time(repeats: int, action: Callable[[], object]) -> float:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cold_start(script: str, model_dir: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", script, str(model_dir)], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--cold-repeats", type=int, default=3)
+    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/safeloader-bench-model"))
+    args = parser.parse_args()
+    if not (args.model_dir / "model_index.json").exists():
+        build_tiny_model(args.model_dir)
+
+    import torch
+
+    from safeloader.policy.schema import Policy
+    from safeloader.proxy import WorkerSession
+
+    import diffusers.pipelines.pipeline_utils  # noqa: F401 - libraries loaded first: RSS growth is the session's
+
+    rss_before = rss_mib()
+    session = WorkerSession.start(Policy(), model_dir=args.model_dir)
+    started = time.perf_counter()
+    remote = session.load_pipeline(code={}, code_hashes={}, entry=None, from_pretrained_kwargs={})
+    prestarted_load_s = time.perf_counter() - started
+    remote.set_progress_bar_config(disable=True)
+    rss_after_remote = rss_mib()
+
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline.from_pretrained(args.model_dir)  # first in-process load: imports and caches warm
+    started = time.perf_counter()
+    local = DDPMPipeline.from_pretrained(args.model_dir)
+    second_local_load_s = time.perf_counter() - started
+    local.set_progress_bar_config(disable=True)
+
+    def run(pipe: object) -> object:
+        return pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=10, output_type="pil")  # type: ignore[operator]
+
+    run(remote)
+    run(local)
+    # Interleaved, so that load from other processes on the machine hits both sides alike.
+    remote_times, local_times = [], []
+    for _ in range(args.repeats):
+        remote_times.append(median_time(1, lambda: run(remote)))
+        local_times.append(median_time(1, lambda: run(local)))
+    remote_call_s, local_call_s = statistics.median(remote_times), statistics.median(local_times)
+    remote.close()
+
+    cold_local, cold_proxy = [], []
+    for _ in range(args.cold_repeats):  # interleaved, like the calls
+        cold_local.append(cold_start(COLD_IN_PROCESS, args.model_dir))
+        cold_proxy.append(cold_start(COLD_PROXY, args.model_dir))
+    cold_local_s, cold_proxy_s = statistics.median(cold_local), statistics.median(cold_proxy)
+
+    rows = [
+        ("call, tiny DDPM 10 steps PIL: in-process", local_call_s, ""),
+        ("call, tiny DDPM 10 steps PIL: proxy", remote_call_s, f"{remote_call_s / local_call_s:.3f}x (goal <=1.05x)"),
+        ("cold start (fresh process): in-process", cold_local_s, ""),
+        ("cold start (fresh process): proxy", cold_proxy_s, f"{cold_proxy_s / cold_local_s:.3f}x (goal <=1.15x)"),
+        ("second load: in-process", second_local_load_s, ""),
+        (
+            "load with a pre-started worker",
+            prestarted_load_s,
+            f"+{prestarted_load_s - second_local_load_s:.3f} s (goal <=+0.25 s)",
+        ),
+    ]
+    print(f"{'measurement':<44} {'seconds':>9}  ratio")
+    for name, seconds, ratio in rows:
+        print(f"{name:<44} {seconds:>9.4f}  {ratio}")
+    print(f"caller RSS growth while the worker holds the weights: {rss_after_remote - rss_before:.1f} MiB")
+    result = {
+        "bench": "proxy",
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "call_local_s": round(local_call_s, 5),
+        "call_proxy_s": round(remote_call_s, 5),
+        "call_ratio": round(remote_call_s / local_call_s, 4),
+        "cold_local_s": round(cold_local_s, 3),
+        "cold_proxy_s": round(cold_proxy_s, 3),
+        "cold_ratio": round(cold_proxy_s / cold_local_s, 4),
+        "second_local_load_s": round(second_local_load_s, 4),
+        "prestarted_load_s": round(prestarted_load_s, 4),
+        "prestarted_load_extra_s": round(prestarted_load_s - second_local_load_s, 4),
+        "caller_rss_growth_mib": round(rss_after_remote - rss_before, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

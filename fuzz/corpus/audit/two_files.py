@@ -1,0 +1,6 @@
+from .helpers import x
+x()
+
+#--helpers--
+import os
+os.system("id")

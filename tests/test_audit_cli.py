@@ -1,0 +1,109 @@
+"""`safeloader audit`: exit codes, output formats, -o, --fail-on, and a Hub spec through the resolver."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from safeloader.audit.formats.sarif import SECURITY_SEVERITY
+from safeloader.audit.rules import RULES
+from safeloader.cli import main
+
+CLEAN = b"import torch\nfrom diffusers import DiffusionPipeline\n\n\nclass P(DiffusionPipeline):\n    pass\n"
+EVIL = b"import os\n\n\ndef run():\n    os.system('id')\n"
+MEDIUM = b"import pickle\n"
+
+
+@pytest.fixture
+def pipelines(tmp_path: Path) -> dict[str, Path]:
+    paths = {}
+    for name, data in {"clean": CLEAN, "evil": EVIL, "medium": MEDIUM}.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "pipeline.py").write_bytes(data)
+        paths[name] = directory
+    return paths
+
+
+def test_exit_codes(pipelines: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", str(pipelines["clean"])]) == 0
+    assert main(["audit", str(pipelines["evil"])]) == 1
+    assert main(["audit", str(pipelines["medium"])]) == 0
+    assert main(["audit", str(pipelines["medium"]), "--fail-on", "medium"]) == 1
+    assert main(["audit", str(pipelines["clean"]), str(pipelines["evil"])]) == 1
+    (tmp_path / "broken.py").write_bytes(b"def (:\n")
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "broken.py")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.py line 1 is not valid Python" in err
+    assert main(["audit", str(pipelines["clean"]), "--policy", str(tmp_path / "nope.toml")]) == 2
+
+
+def test_text_output_groups_findings_with_the_offending_line(
+    pipelines: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["audit", str(pipelines["evil"])])
+    out = capsys.readouterr().out
+    assert "DENY under policy 'default'" in out
+    assert f"{pipelines['evil']}/pipeline.py" in out
+    assert "5:5 CRIT SL202" in out and "| os.system('id')" in out
+
+
+def test_json_on_stdout_logs_on_stderr(pipelines: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "--format", "json", str(pipelines["evil"]), str(pipelines["clean"])]) == 1
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["schema_version"] == 1 and document["verdict"] == "deny"
+    finding = document["findings"][0]
+    assert {"rule_id", "severity", "cwe", "file", "line", "message"} <= set(finding)
+    assert finding["rule_id"] == "SL202" and finding["cwe"] == "CWE-78" and finding["line"] == 5
+    assert [r["verdict"] for r in document["reports"]] == ["deny", "allow"]
+    assert "safeloader" not in captured.out.split("{", 1)[0]
+
+
+def test_sarif_is_code_scanning_shaped(pipelines: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "report.sarif"
+    assert main(["audit", "--format", "sarif", "-o", str(out), str(pipelines["evil"])]) == 1
+    sarif = json.loads(out.read_text())
+    assert sarif["version"] == "2.1.0" and sarif["$schema"].endswith("sarif-2.1.0.json")
+    run = sarif["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    assert [r["id"] for r in rules] == list(RULES)
+    assert all(float(r["properties"]["security-severity"]) > 0 for r in rules)
+    result = run["results"][0]
+    assert rules[result["ruleIndex"]]["id"] == result["ruleId"] == "SL202"
+    assert result["properties"]["security-severity"] == SECURITY_SEVERITY["critical"]
+    assert result["partialFingerprints"]["primaryLocationLineHash"].endswith(":1")
+    region = result["locations"][0]["physicalLocation"]["region"]
+    assert region == {"startLine": 5, "startColumn": 5}
+    assert not list(tmp_path.glob(".report.sarif.*")), "temporary file left behind"
+
+
+def test_fingerprint_is_stable_when_lines_shift(tmp_path: Path) -> None:
+    prints = []
+    for prefix in (b"", b"\n\n# moved\n"):
+        (tmp_path / "pipeline.py").write_bytes(prefix + EVIL)
+        out = tmp_path / "r.sarif"
+        main(["audit", "--format", "sarif", "-o", str(out), str(tmp_path / "pipeline.py")])
+        prints.append(json.loads(out.read_text())["runs"][0]["results"][0]["partialFingerprints"])
+    assert prints[0] == prints[1]
+
+
+def test_policy_by_path_and_name(pipelines: dict[str, Path], tmp_path: Path) -> None:
+    policy = tmp_path / "org.toml"
+    policy.write_text('[policy]\nname = "org"\nextends = "default"\n[audit.rules]\nSL202 = "off"\n')
+    assert main(["audit", str(pipelines["evil"]), "--policy", str(policy)]) == 0
+    assert main(["audit", str(pipelines["evil"]), "--policy", "permissive"]) == 1
+
+
+def test_hub_spec_goes_through_the_resolver(loopback_hub, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    resolve = pytest.importorskip("safeloader.resolve")
+    if not hasattr(resolve, "resolve_pipeline"):
+        pytest.skip("the resolver has not landed yet")
+    commit = loopback_hub.create_repo("acme/evil-pipeline", {"pipeline.py": EVIL, "README.md": b"# x\n"})
+    assert main(["audit", "--format", "json", "acme/evil-pipeline", "--revision", commit]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["reports"][0]["label"] == f"acme/evil-pipeline@{commit}"
+    assert document["findings"][0]["rule_id"] == "SL202"
