@@ -70,12 +70,11 @@ def main() -> int:
     if not (args.model_dir / "model_index.json").exists():
         build_tiny_model(args.model_dir)
 
+    import diffusers.pipelines.pipeline_utils  # noqa: F401 - libraries loaded first: RSS growth is the session's
     import torch
 
     from safeloader.policy.schema import Policy
     from safeloader.proxy import WorkerSession
-
-    import diffusers.pipelines.pipeline_utils  # noqa: F401 - libraries loaded first: RSS growth is the session's
 
     rss_before = rss_mib()
     session = WorkerSession.start(Policy(), model_dir=args.model_dir)

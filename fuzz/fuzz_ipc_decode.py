@@ -328,6 +328,7 @@ def seed_inputs() -> dict[str, bytes]:
         "output": ImagePipelineOutput(images=[image]),
         "nested": [[{"k": [1, 2, {"deep": (3,)}]}]],
     }
+    hello = {"op": protocol.HELLO, "version": protocol.PROTOCOL_VERSION, "pid": 2, "layers": []}
     result = {"op": protocol.RESULT, "value": rich, "events": [{"event": "open", "detail": "/tmp/x"}]}
     error = {"op": protocol.ERROR, "kind": protocol.ERROR_EXCEPTION, "type": "ValueError", "message": "m",
              "traceback": "Traceback", "events": []}  # fmt: skip
@@ -392,7 +393,13 @@ def seed_inputs() -> dict[str, bytes]:
         + bytes([4, 16])
         + bytes(16)
         + bytes([3, word("cpu"), Ext.TENSOR]),
-        # Past findings: an unhashable dtype or mode name raised TypeError instead of CodecError.
+        # Past findings: a hello whose layer "active" was an array made bool() raise ValueError/RuntimeError;
+        # an unhashable dtype or mode name raised TypeError instead of CodecError.
+        "finding_hello_active_array": bytes([RAW])
+        + frame(encoded(dict(hello, layers=[{"layer": "seccomp", "active": np.ones(2), "detail": ""}]))[0])
+        + frame(encoded(result)[0]),
+        "finding_hello_active_tensor": bytes([RAW])
+        + frame(encoded(dict(hello, layers=[{"layer": "seccomp", "active": torch.ones(2), "detail": ""}]))[0]),
         "finding_ndarray_dtype_list": bytes([0]) + ext(Ext.NDARRAY, [["float32"], [1], b"\0" * 4, False]),
         "finding_image_mode_list": bytes([0]) + ext(Ext.IMAGE, [["RGB"], 1, 1, b"\0" * 3]),
     }

@@ -139,7 +139,7 @@ class WorkerSession:
         for item in layers if isinstance(layers, list) else []:
             try:
                 status = LayerStatus.from_dict(item)
-            except (KeyError, TypeError, AttributeError):
+            except (KeyError, TypeError, AttributeError, ValueError, RuntimeError):  # e.g. bool() of an array
                 continue
             by_name[status.layer] = status
         return SandboxReport(layers=tuple(by_name.values()), facts=dict(self.worker.report.facts))

@@ -10,6 +10,7 @@ import pytest
 from safeloader.audit.formats.sarif import SECURITY_SEVERITY
 from safeloader.audit.rules import RULES
 from safeloader.cli import main
+from tests.fixtures.hub_server import LoopbackHub
 
 CLEAN = b"import torch\nfrom diffusers import DiffusionPipeline\n\n\nclass P(DiffusionPipeline):\n    pass\n"
 EVIL = b"import os\n\n\ndef run():\n    os.system('id')\n"
@@ -76,9 +77,20 @@ def test_sarif_is_code_scanning_shaped(pipelines: dict[str, Path], tmp_path: Pat
     assert rules[result["ruleIndex"]]["id"] == result["ruleId"] == "SL202"
     assert result["properties"]["security-severity"] == SECURITY_SEVERITY["critical"]
     assert result["partialFingerprints"]["primaryLocationLineHash"].endswith(":1")
-    region = result["locations"][0]["physicalLocation"]["region"]
-    assert region == {"startLine": 5, "startColumn": 5}
+    location = result["locations"][0]["physicalLocation"]
+    assert location["region"] == {"startLine": 5, "startColumn": 5}
+    assert location["artifactLocation"]["uri"] == (pipelines["evil"] / "pipeline.py").as_uri()
     assert not list(tmp_path.glob(".report.sarif.*")), "temporary file left behind"
+
+
+def test_sarif_uris_are_relative_to_the_checkout(
+    pipelines: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.sarif"
+    main(["audit", "--format", "sarif", "-o", str(out), str(pipelines["evil"])])
+    result = json.loads(out.read_text())["runs"][0]["results"][0]
+    assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "evil/pipeline.py"
 
 
 def test_fingerprint_is_stable_when_lines_shift(tmp_path: Path) -> None:
@@ -98,7 +110,7 @@ def test_policy_by_path_and_name(pipelines: dict[str, Path], tmp_path: Path) -> 
     assert main(["audit", str(pipelines["evil"]), "--policy", "permissive"]) == 1
 
 
-def test_hub_spec_goes_through_the_resolver(loopback_hub, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_hub_spec_goes_through_the_resolver(loopback_hub: LoopbackHub, capsys: pytest.CaptureFixture[str]) -> None:
     resolve = pytest.importorskip("safeloader.resolve")
     if not hasattr(resolve, "resolve_pipeline"):
         pytest.skip("the resolver has not landed yet")

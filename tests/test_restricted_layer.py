@@ -86,6 +86,8 @@ def test_everyday_python_features_work_guarded() -> None:
         result = child.step(2, extra=1)
         label = "{0._n}-{1}".format(child, repr(child))
         out = Output(images=[1, 2])
+        import os
+        here = os.getcwd() and os.path.join("a", "b")
         print("guarded print works")
         """
     )
@@ -134,6 +136,10 @@ def test_escape_primitives_are_refused_at_compile_time(source: str) -> None:
         ("import ctypes", ImportError),
         ("from os import system", ImportError),
         ("import typing\ntyping.get_type_hints(int)", AttributeError),
+        ("import diffusers.utils.import_utils as iu\nm = iu.importlib", AttributeError),
+        ("import shutil\nrun = shutil.os.system", AttributeError),
+        ("import os\nk = getattr(os, 'ki' + 'll')", AttributeError),
+        ("import shutil\nrun = getattr(shutil, 'os').popen", AttributeError),
     ],
 )
 def test_escapes_through_run_time_names_are_refused(source: str, error: type[Exception]) -> None:

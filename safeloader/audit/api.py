@@ -6,6 +6,7 @@ import ast
 import gc
 import hashlib
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +27,11 @@ _LINE_IN_ERROR = re.compile(r"Line (\d+)")
 
 def _parse(data: bytes, relpath: str, label: str) -> ast.Module:
     try:
-        return ast.parse(data, filename=relpath)
+        with warnings.catch_warnings():
+            # Warnings about the untrusted code (invalid escapes, "str is not callable") are not ours to print.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ast.parse(data, filename=relpath)
     except SyntaxError as exc:
         raise AuditError(
             f"{label}: {relpath} line {exc.lineno} is not valid Python ({exc.msg}); fix the file or remove it."

@@ -16,9 +16,11 @@ import ast
 import builtins
 import functools
 import operator
+import os
 import string
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -324,7 +326,10 @@ def compile_restricted_module(source: str | bytes, filename: str) -> types.CodeT
         except UnicodeDecodeError as exc:
             raise AuditDenied(f"{filename} is not UTF-8 text; save the pipeline as UTF-8.") from exc
     try:
-        result = compile_restricted_exec(source, filename=filename, policy=PipelineTransformer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            result = compile_restricted_exec(source, filename=filename, policy=PipelineTransformer)
     except (RecursionError, MemoryError) as exc:
         raise AuditDenied(f"{filename} is nested too deeply for the guard layer; simplify the code.") from exc
     except (SyntaxError, ValueError) as exc:
@@ -366,7 +371,39 @@ def guarded_getattr(obj: object, name: str, *default: Any) -> Any:
         return functools.partial(_safe_format, obj) if name == "format" else functools.partial(_safe_format_map, obj)
     if obj is string and name == "Formatter":
         raise _refuse("string.Formatter")
-    return getattr(obj, name, *default)
+    value = getattr(obj, name, *default)
+    _refuse_escape_value(value, name)
+    return value
+
+
+#: Refused functions by identity, wherever they are found: ``some_module.eval``, or ``os.system`` imported
+#: by name into a library module (its ``__module__`` is ``posix``, which is not refused as a whole: ``os`` is
+#: a legitimate import and most of its functions live there).
+_REFUSED_CALLABLES = frozenset(
+    [id(getattr(builtins, name)) for name in ("eval", "exec", "compile", "__import__", "globals", "breakpoint")]
+    + [id(getattr(os, name)) for name in sorted(REFUSED_MODULE_ATTRIBUTES["os"]) if hasattr(os, name)]
+)
+#: Modules whose functions and classes are refused wherever they are reached (imports refuse more).
+_REFUSED_VALUE_MODULES = REFUSED_MODULES - {"posix", "nt"}
+
+
+def _refuse_escape_value(value: object, name: str) -> None:
+    """Refuse what an attribute leads to, not only its name: a refused module reached through another module
+    (``diffusers.utils.import_utils.importlib``), or a function or class that lives in one
+    (``shutil.os.system`` has ``__module__ == "posix"``), or a code runner under another name."""
+    if isinstance(value, types.ModuleType):
+        module = value.__name__
+    elif isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        if id(value) in _REFUSED_CALLABLES:
+            raise _refuse(f"attribute {name!r} (a refused function under another name)")
+        module = getattr(value, "__module__", None) or ""
+        if module == "builtins":
+            return
+    else:
+        return
+    top = module.split(".", 1)[0]
+    if top in _REFUSED_VALUE_MODULES or module in _REFUSED_VALUE_MODULES:
+        raise _refuse(f"attribute {name!r} (it leads into {module})")
 
 
 class _GuardedFormatter(string.Formatter):

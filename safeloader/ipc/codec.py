@@ -361,6 +361,8 @@ class Decoder:
             return value
         if isinstance(value, msgpack.ExtType):
             return self._ext(value.code, value.data, depth)
+        if isinstance(value, msgpack.Timestamp):
+            raise CodecError("msgpack timestamps are not part of the protocol")
         return value
 
     def _payload(self, data: bytes, shape: str) -> Any:

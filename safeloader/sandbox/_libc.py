@@ -7,7 +7,6 @@ the operation and the errno instead of silently returning -1.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 from functools import lru_cache
@@ -53,7 +52,8 @@ SYS_LANDLOCK_RESTRICT_SELF = 446
 
 @lru_cache(maxsize=1)
 def libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The interpreter's own symbol table holds libc: no ctypes.util.find_library, which runs ldconfig.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def call(what: str, result: int) -> int:

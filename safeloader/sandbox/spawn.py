@@ -139,9 +139,29 @@ def _check_layers(policy: SandboxPolicy) -> dict[str, str]:
     return missing
 
 
+PRIVATE_PREFIX = "safeloader-worker-"
+_OWNER_FILE = "caller.pid"
+
+
+def _sweep_orphaned_private_dirs() -> None:
+    """Remove private dirs whose caller died without cleaning up (SIGKILL skips atexit)."""
+    for candidate in Path(tempfile.gettempdir()).glob(PRIVATE_PREFIX + "*"):
+        try:
+            if candidate.stat().st_uid != os.geteuid():
+                continue
+            owner = int((candidate / _OWNER_FILE).read_text())
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+
+
 def _private_dirs(uid: int, gid: int) -> tuple[Path, Path, Path]:
-    root = Path(tempfile.mkdtemp(prefix="safeloader-worker-"))
+    _sweep_orphaned_private_dirs()
+    root = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     root.chmod(0o711)  # traversable by the worker uid, not listable
+    (root / _OWNER_FILE).write_text(str(os.getpid()))
     home, tmp = root / "home", root / "tmp"
     for path in (home, tmp):
         path.mkdir(mode=0o700)
@@ -299,7 +319,11 @@ def _launch(config: dict[str, Any], private: Path, import_root: str | None) -> S
             stderr=log_fd,
             pass_fds=(worker_sock.fileno(), lifeline_r, status_w),
             start_new_session=True,
-            env={"PATH": environment.SAFE_PATH, "LANG": "C.UTF-8", **({"PYTHONPATH": import_root} if import_root else {})},
+            env={
+                "PATH": environment.SAFE_PATH,
+                "LANG": "C.UTF-8",
+                **({"PYTHONPATH": import_root} if import_root else {}),
+            },
             cwd="/",
         )
     finally:

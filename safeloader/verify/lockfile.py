@@ -139,6 +139,8 @@ def _table_problem(table: object) -> str | None:
     remote = table["source"] not in ("local_dir", "local_file")
     if remote and not _is_commit(table.get("commit")):
         return "has no 40-hex commit"
+    if "commit" in table and not _is_commit(table["commit"]):
+        return "has a commit that is not 40 hex digits"
     files = table.get("files")
     if not isinstance(files, dict) or not files or not all(_is_sha256(v) for v in files.values()):
         return "has a missing or malformed files table (path = sha256)"

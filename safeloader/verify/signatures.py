@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -89,7 +89,7 @@ def load_trusted_key(entry: str) -> str:
         raise SignatureError(
             f"trusted key file {path} cannot be read ({exc.strerror}); fix the path in [sources] trusted_keys."
         ) from exc
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise SignatureError(
             f"trusted key file {path} is not a PEM public key; use the .pub file from keygen."
         ) from exc
@@ -103,7 +103,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
         raise SignatureError(f"private key {path} cannot be read ({exc.strerror}); check the --key path.") from exc
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SignatureError(
             f"{path} is not an unencrypted PEM private key; create one with `safeloader keygen`."
         ) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path, PurePath
 from typing import Any
 
 from safeloader.audit.model import AuditReport, Finding
@@ -42,8 +43,20 @@ def _fingerprint(finding: Finding, uri: str) -> str:
     return f"{digest[:32]}:1"
 
 
+def artifact_uri(path: str) -> str:
+    """Code scanning wants paths relative to the checkout: relative to the working directory when the file
+    lies under it, else an absolute ``file://`` URI."""
+    location = PurePath(path)
+    if not location.is_absolute():
+        return location.as_posix()
+    try:
+        return Path(path).relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return Path(path).as_uri()
+
+
 def _result(report: AuditReport, finding: Finding, rule_index: dict[str, int]) -> dict[str, Any]:
-    uri = report.display_path(finding.file).lstrip("/")
+    uri = artifact_uri(report.display_path(finding.file))
     return {
         "ruleId": finding.rule_id,
         "ruleIndex": rule_index[finding.rule_id],

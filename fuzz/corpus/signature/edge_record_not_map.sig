@@ -1,0 +1,1 @@
+{"format": "safeloader-signature-v1", "signatures": [1]}

@@ -1,0 +1,1 @@
+{"format": "v0", "signatures": []}

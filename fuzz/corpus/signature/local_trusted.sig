@@ -1,0 +1,17 @@
+{
+  "format": "safeloader-signature-v1",
+  "signatures": [
+    {
+      "key_id": "ed25519:A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+      "signature": "V/mBU9gi9knfp0yEljvEGRf7gvZfdO+Qm8+kOnX3ChiVhZ79zGAmgw75bzrJg/lFtkGMW7uoYCgAn13GwQxDDQ==",
+      "signed": {
+        "entry": "pipeline.py",
+        "files": {
+          "pipeline.py": "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+        },
+        "repo": null,
+        "subfolder": ""
+      }
+    }
+  ]
+}
