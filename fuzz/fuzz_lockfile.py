@@ -5,8 +5,8 @@ built from itself (no drift), through the real :func:`~safeloader.verify.verify_
 parsed entries and parsing them again is stable (render → parse → render gives the same bytes).
 
 Under atheris: ``python fuzz/fuzz_lockfile.py [libFuzzer flags] fuzz/corpus/lockfile``. Without it:
-``python fuzz/fuzz_lockfile.py --smoke 2000`` or ``--smoke-seconds 20``. ``--write-corpus`` regenerates the
-seed corpus with the real writer.
+``python fuzz/fuzz_lockfile.py --smoke 2000`` or ``--smoke-seconds 20``.
+``--write-corpus`` adds missing seeds to the seed corpus with the real writer.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Finding(AssertionError):
 def manifest_of(locked: LockedPipeline) -> Manifest:
     """The manifest a resolve that matches ``locked`` exactly would produce."""
     return Manifest(
-        source=locked.source,  # type: ignore[arg-type]
+        source=locked.source,
         source_id=locked.source_id,
         repo=locked.repo,
         repo_type=locked.repo_type,
@@ -154,7 +154,9 @@ def write_corpus() -> None:
     directory = HERE / "corpus" / "lockfile"
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in seed_inputs().items():
-        (directory / name).write_bytes(data)
+        path = directory / name
+        if not path.exists():  # some seeds are random (keys, salts): keep the committed ones stable
+            path.write_bytes(data)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ are also read as a trusted public key file and as a private key file, as ``[sour
 ``safeloader sign --key`` read them.
 
 Under atheris: ``python fuzz/fuzz_signature.py [libFuzzer flags] fuzz/corpus/signature``. Without it:
-``python fuzz/fuzz_signature.py --smoke 2000`` or ``--smoke-seconds 20``. ``--write-corpus`` regenerates the
-seed corpus with the real signer.
+``python fuzz/fuzz_signature.py --smoke 2000`` or ``--smoke-seconds 20``.
+``--write-corpus`` adds missing seeds to the seed corpus with the real signer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -104,16 +105,13 @@ def parse_one(data: bytes) -> None:
 # --- seed corpus ------------------------------------------------------------------------------------------
 
 
-def _pem_public(key: object) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined,no-any-return]
+def _pem_public(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _pem_private(key: object, encryption: serialization.KeySerializationEncryption | None = None) -> bytes:
-    return key.private_bytes(  # type: ignore[attr-defined,no-any-return]
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        encryption or serialization.NoEncryption(),
-    )
+def _pem_private(key: Any, encryption: serialization.KeySerializationEncryption | None = None) -> bytes:
+    encryption = encryption or serialization.NoEncryption()
+    return bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
 
 
 def seed_inputs() -> dict[str, bytes]:
@@ -140,7 +138,11 @@ def seed_inputs() -> dict[str, bytes]:
         "key_ec.pub": _pem_public(ec.derive_private_key(7, ec.SECP256R1()).public_key()),
         "key_rsa.pem": _pem_private(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
         "key_id.txt": TRUSTED[0].encode(),
-        # Past finding: JSON nested thousands deep raised RecursionError out of json.loads.
+        # Past findings: a key on a curve cryptography does not support raised UnsupportedAlgorithm; JSON
+        # nested thousands deep raised RecursionError out of json.loads.
+        "finding_unsupported_curve.pub": _pem_public(ec.derive_private_key(7, ec.SECP256R1()).public_key()).replace(
+            b"zj0DAQcD", b"zT0DAQcD"
+        ),
         "finding_deep_json.sig": b'{"format": "safeloader-signature-v1", "signatures": ' + b"[" * 60000,
     }
 
@@ -149,7 +151,9 @@ def write_corpus() -> None:
     directory = HERE / "corpus" / "signature"
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in seed_inputs().items():
-        (directory / name).write_bytes(data)
+        path = directory / name
+        if not path.exists():  # some seeds are random (keys, salts): keep the committed ones stable
+            path.write_bytes(data)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ def load(
         )
         import diffusers
 
-        return diffusers.DiffusionPipeline.from_pretrained(model.directory, **{**kwargs, **_safetensors(resolved_policy)})
+        return diffusers.DiffusionPipeline.from_pretrained(
+            model.directory, **{**kwargs, **_safetensors(resolved_policy)}
+        )
 
     from safeloader.proxy import load_remote_pipeline
 

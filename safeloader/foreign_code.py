@@ -86,7 +86,7 @@ def collect_foreign_code(
     policy: Policy,
     token: str | bool | None,
     local_files_only: bool,
-    lockfile: os.PathLike[str] | None = None,
+    lockfile: str | os.PathLike[str] | None = None,
 ) -> ForeignCode:
     """Resolve and verify all foreign code of this load; refuse it without ``trust_remote_code``."""
     from safeloader.resolve import resolve_local_files, resolve_pipeline, resolve_repo_files

@@ -122,7 +122,12 @@ def resolve_model(
             f"{spec!r} is neither an existing directory nor a Hub repo id of the form 'org/name'; check the value."
         )
     return _download_hub_model(
-        spec, policy=policy, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+        spec,
+        policy=policy,
+        revision=revision,
+        token=token,
+        cache_dir=None if cache_dir is None else Path(cache_dir),
+        local_files_only=local_files_only,
     )
 
 
@@ -146,7 +151,11 @@ def _download_hub_model(
             try:
                 folder = Path(
                     snapshot_download(
-                        repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True, token=token
+                        repo_id,
+                        revision=revision,
+                        cache_dir=None if cache_dir is None else Path(cache_dir),
+                        local_files_only=True,
+                        token=token,
                     )
                 )
             except LocalEntryNotFoundError as exc:
@@ -165,7 +174,7 @@ def _download_hub_model(
                 snapshot_download(
                     repo_id,
                     revision=commit,
-                    cache_dir=cache_dir,
+                    cache_dir=None if cache_dir is None else Path(cache_dir),
                     token=token,
                     allow_patterns=["model_index.json"],
                     endpoint=hub_endpoint(),
@@ -178,7 +187,7 @@ def _download_hub_model(
                 snapshot_download(
                     repo_id,
                     revision=commit,
-                    cache_dir=cache_dir,
+                    cache_dir=None if cache_dir is None else Path(cache_dir),
                     token=token,
                     ignore_patterns=ignore or None,
                     endpoint=hub_endpoint(),

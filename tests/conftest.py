@@ -29,7 +29,9 @@ def tiny_model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def isolated_safeloader_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_safeloader_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Every test gets its own safeloader cache and never touches the user's."""
     cache = tmp_path_factory.mktemp("safeloader-cache")
     monkeypatch.setenv("SAFELOADER_CACHE", str(cache))

@@ -97,7 +97,9 @@ def test_local_py_file_pipeline(tiny_model_dir: Path, tmp_path: Path, reference_
     np.testing.assert_array_equal(_run_seeded(pipe), reference_images)
 
 
-def test_hub_model_hub_pipeline_pinned(loopback_hub: Any, hub_model: tuple[str, str], reference_images: np.ndarray) -> None:
+def test_hub_model_hub_pipeline_pinned(
+    loopback_hub: Any, hub_model: tuple[str, str], reference_images: np.ndarray
+) -> None:
     code_sha = loopback_hub.create_repo("someone/seeded-ddpm", _seeded_pipeline_files())
     pipe = DiffusionPipeline.from_pretrained(
         hub_model[0],
@@ -112,7 +114,9 @@ def test_hub_model_hub_pipeline_pinned(loopback_hub: Any, hub_model: tuple[str, 
     np.testing.assert_array_equal(_run_seeded(pipe), reference_images)
 
 
-def test_community_pipeline_via_mirror(loopback_hub: Any, hub_model: tuple[str, str], reference_images: np.ndarray) -> None:
+def test_community_pipeline_via_mirror(
+    loopback_hub: Any, hub_model: tuple[str, str], reference_images: np.ndarray
+) -> None:
     import diffusers
 
     source = (PIPELINES / "seeded_ddpm.py").read_text().replace("from .sampling import denoise\n", "")
@@ -120,7 +124,7 @@ def test_community_pipeline_via_mirror(loopback_hub: Any, hub_model: tuple[str, 
     version = "v" + ".".join(diffusers.__version__.split(".")[:3])
     loopback_hub.create_repo(
         "diffusers/community-pipelines-mirror",
-        {f"{version}/seeded_ddpm.py": source.encode(), f"main/seeded_ddpm.py": source.encode()},
+        {f"{version}/seeded_ddpm.py": source.encode(), "main/seeded_ddpm.py": source.encode()},
         repo_type="dataset",
     )
     with pytest.raises(RemoteCodeNotTrusted):
@@ -240,12 +244,12 @@ def test_policy_denying_the_source_refuses_before_any_code_runs(
     loopback_hub: Any, hub_model: tuple[str, str], tmp_path: Path
 ) -> None:
     marker = tmp_path / "ran"
-    loopback_hub.create_repo(
-        "evil/pipe", {"pipeline.py": f"open({str(marker)!r}, 'w').write('x')\n".encode()}
-    )
+    loopback_hub.create_repo("evil/pipe", {"pipeline.py": f"open({str(marker)!r}, 'w').write('x')\n".encode()})
     policy = with_overrides(load_policy("default"), sources={"deny": ("evil/*",)})
     with pytest.raises(SourceDenied):
-        DiffusionPipeline.from_pretrained(hub_model[0], custom_pipeline="evil/pipe", trust_remote_code=True, policy=policy)
+        DiffusionPipeline.from_pretrained(
+            hub_model[0], custom_pipeline="evil/pipe", trust_remote_code=True, policy=policy
+        )
     assert not marker.exists()
 
 
@@ -280,7 +284,9 @@ def test_strict_policy_refuses_missing_signature(loopback_hub: Any, hub_model: t
         )
 
 
-def test_install_routes_unmodified_diffusers_code(tiny_model_dir: Path, seeded_pipeline_dir: Path, reference_images: np.ndarray) -> None:
+def test_install_routes_unmodified_diffusers_code(
+    tiny_model_dir: Path, seeded_pipeline_dir: Path, reference_images: np.ndarray
+) -> None:
     import diffusers
     from diffusers.utils import dynamic_modules_utils
 

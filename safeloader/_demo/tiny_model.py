@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 #: The community "one-step" pipeline from diffusers' guide, as the untrusted code of the demo.
-ONE_STEP_PIPELINE_SOURCE = '''\
+ONE_STEP_PIPELINE_SOURCE = """\
 from diffusers import DiffusionPipeline
 import torch
 
@@ -24,7 +25,7 @@ class UnetSchedulerOneForwardPipeline(DiffusionPipeline):
         model_output = self.unet(image, timestep).sample
         scheduler_output = self.scheduler.step(model_output, timestep, image).prev_sample
         return scheduler_output
-'''
+"""
 
 
 def build_tiny_model(dest: Path, *, seed: int = 0, sample_size: int = 8) -> Path:
@@ -48,7 +49,8 @@ def build_tiny_model(dest: Path, *, seed: int = 0, sample_size: int = 8) -> Path
     )
     scheduler = DDPMScheduler(num_train_timesteps=100)
     dest.mkdir(parents=True, exist_ok=True)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(dest, safe_serialization=True)
+    pipeline: Any = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipeline.save_pretrained(dest, safe_serialization=True)
     return dest
 
 

@@ -44,7 +44,7 @@ def save_png(tensor: Any, path: Path) -> None:
 
     array = tensor.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(dtype=torch.uint8)
     pixels = array[0].permute(1, 2, 0).cpu().numpy()
-    image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").resize((256, 256), Image.NEAREST)
+    image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").resize((256, 256), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 

@@ -100,9 +100,7 @@ def _validate(data: Mapping[str, Any], origin: str) -> None:
         for key, value in body.items():
             kind = _SCHEMA[table].get(key)
             if kind is None:
-                raise PolicyError(
-                    f"{origin}: unknown key '{table}.{key}'; valid keys are {', '.join(_SCHEMA[table])}."
-                )
+                raise PolicyError(f"{origin}: unknown key '{table}.{key}'; valid keys are {', '.join(_SCHEMA[table])}.")
             if not _type_ok(kind, value):
                 raise PolicyError(f"{origin}: '{table}.{key}' must be a {kind}, got {type(value).__name__}.")
             choices = _CHOICES.get((table, key))

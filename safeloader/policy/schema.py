@@ -28,7 +28,7 @@ SANDBOX_LAYERS: tuple[str, ...] = (
 
 def severity_rank(severity: str) -> int:
     """Order severities so that ``info`` < ``low`` < … < ``critical``."""
-    return SEVERITIES.index(severity)  # type: ignore[arg-type]
+    return SEVERITIES.index(severity)  # type: ignore[arg-type,unused-ignore]
 
 
 @dataclass(frozen=True)
