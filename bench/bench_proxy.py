@@ -63,7 +63,7 @@ def cold_start(script: str, model_dir: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--cold-repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/safeloader-bench-model"))
     args = parser.parse_args()
@@ -97,11 +97,13 @@ def main() -> int:
 
     run(remote)
     run(local)
-    # Interleaved, so that load from other processes on the machine hits both sides alike.
+    # Alternating blocks, so that load from other processes on the machine hits both sides alike; blocks rather
+    # than single calls, because the idle side's OpenMP threads spin for a while after each call and would
+    # steal one of the few cores from the other side.
     remote_times, local_times = [], []
-    for _ in range(args.repeats):
-        remote_times.append(median_time(1, lambda: run(remote)))
-        local_times.append(median_time(1, lambda: run(local)))
+    for _ in range(3):
+        remote_times.append(median_time(args.repeats, lambda: run(remote)))
+        local_times.append(median_time(args.repeats, lambda: run(local)))
     remote_call_s, local_call_s = statistics.median(remote_times), statistics.median(local_times)
     remote.close()
 

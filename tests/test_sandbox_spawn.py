@@ -184,8 +184,8 @@ def test_worker_dies_when_the_caller_dies() -> None:
         time.sleep(0.05)
     assert not Path(f"/proc/{worker_pid}").exists(), "the worker outlived its caller"
     assert uid != 0
-    # The dead caller could not remove its private dir; the next spawn sweeps it.
-    assert Path(private_dir).exists()
+    # The dead caller could not remove its private dir; the next spawn (this one, or one in any other
+    # process on the host that ran meanwhile) sweeps it.
     spawn_worker(SandboxPolicy(), argv=["-c", "pass"]).close()
     assert not Path(private_dir).exists()
 

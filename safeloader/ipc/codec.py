@@ -247,6 +247,7 @@ class Encoder:
             if isinstance(value, torch.Tensor):
                 return self._tensor(value, fds)
             if isinstance(value, torch.Generator):
+                # Only the seed and device cross: a generator's advanced state is not reproduced on the other side.
                 return msgpack.ExtType(Ext.GENERATOR, self._pack([value.initial_seed(), str(value.device)]))
             if isinstance(value, torch.dtype):
                 return msgpack.ExtType(Ext.DTYPE, self._pack(str(value).removeprefix("torch.")))
