@@ -71,7 +71,7 @@ def corpus_dir(target: Path) -> Path:
     return HERE / "corpus" / name
 
 
-def command_for(target: Path, seconds: int, *, atheris: bool, jobs: int) -> list[str]:
+def command_for(target: Path, seconds: int, *, atheris: bool) -> list[str]:
     if not atheris:
         return [sys.executable, str(target), "--smoke-seconds", str(seconds)]
     findings = HERE / "findings" / target.stem
@@ -84,8 +84,6 @@ def command_for(target: Path, seconds: int, *, atheris: bool, jobs: int) -> list
         "-timeout=10",
         "-rss_limit_mb=4096",
         "-max_len=65536",
-        f"-jobs={jobs}",
-        f"-workers={jobs}",
         f"-artifact_prefix={findings}/",
         str(findings / "corpus"),
         str(corpus_dir(target)),
@@ -96,7 +94,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=20, help="run time per target (default 20)")
     parser.add_argument("--atheris", action="store_true", help="run under atheris/libFuzzer instead of the smoke loop")
-    parser.add_argument("-j", "--jobs", type=int, default=1, help="parallel libFuzzer jobs per target (atheris only)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="fuzzing processes per target (atheris only)")
     parser.add_argument("targets", nargs="*", help="target names such as fuzz_lockfile (default: every fuzz_*.py)")
     args = parser.parse_args()
     targets = [HERE / f"{name.removesuffix('.py')}.py" for name in args.targets] or sorted(HERE.glob("fuzz_*.py"))
@@ -105,17 +103,30 @@ def main() -> int:
         parser.error(f"no such target: {', '.join(missing)}")
     failures = 0
     for target in targets:
-        command = command_for(target, args.seconds, atheris=args.atheris, jobs=args.jobs)
-        limit = args.seconds * 2 + STARTUP_GRACE_SECONDS
+        command = command_for(target, args.seconds, atheris=args.atheris)
+        copies = args.jobs if args.atheris else 1
         started = time.perf_counter()
-        try:
-            returncode = subprocess.run(command, check=False, timeout=limit).returncode
-            status = "ok" if returncode == 0 else f"FAILED (exit {returncode})"
-        except subprocess.TimeoutExpired:
-            returncode, status = 1, f"HUNG (no exit within {limit} s)"
+        returncodes = run_copies(command, copies, limit=args.seconds * 2 + STARTUP_GRACE_SECONDS)
+        bad = [code for code in returncodes if code != 0]
+        status = "ok" if not bad else ("HUNG" if None in bad else f"FAILED (exit {bad[0]})")
         print(f"fuzz {target.stem}: {status} in {time.perf_counter() - started:.1f} s", flush=True)
-        failures += returncode != 0
+        failures += bool(bad)
     return 1 if failures else 0
+
+
+def run_copies(command: list[str], copies: int, *, limit: float) -> list[int | None]:
+    """Run ``copies`` processes of ``command`` side by side (they share the findings corpus); None: killed as hung."""
+    processes = [subprocess.Popen(command) for _ in range(copies)]
+    deadline = time.monotonic() + limit
+    returncodes: list[int | None] = []
+    for process in processes:
+        try:
+            returncodes.append(process.wait(timeout=max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            returncodes.append(None)
+    return returncodes
 
 
 if __name__ == "__main__":

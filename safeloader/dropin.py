@@ -88,6 +88,7 @@ def load(
 ) -> Any:
     """Resolve → verify → audit → sandboxed load; see :meth:`DiffusionPipeline.from_pretrained`."""
     resolved_policy = load_policy(policy)
+    pipeline_class = kwargs.pop("_pipeline_class_name", None)
     caller = {name: kwargs.pop(name) for name in CALLER_SIDE_KWARGS if name in kwargs}
     if caller.get("force_download"):
         logger.info("force_download is ignored: safeloader re-verifies cached bytes on every load")
@@ -120,7 +121,10 @@ def load(
         )
         import diffusers
 
-        return diffusers.DiffusionPipeline.from_pretrained(
+        from safeloader.patch import original_from_pretrained
+
+        in_process_class = getattr(diffusers, pipeline_class) if pipeline_class else diffusers.DiffusionPipeline
+        return original_from_pretrained(in_process_class)(
             model.directory, **{**kwargs, **_safetensors(resolved_policy)}
         )
 
@@ -134,6 +138,7 @@ def load(
         entry=foreign.pipeline_entry,
         from_pretrained_kwargs=from_pretrained_kwargs,
         restricted_python="enforce" if resolved_policy.audit.restricted_python == "enforce" else "off",
+        pipeline_class=None if foreign.pipeline_entry else pipeline_class,
     )
     info = pipe.safeloader
     info.audit = audit_report

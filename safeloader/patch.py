@@ -47,14 +47,25 @@ def _refuse_in_process(*args: Any, **kwargs: Any) -> Any:
     )
 
 
+def original_from_pretrained(cls: type) -> Any:
+    """``cls.from_pretrained`` as diffusers defines it, whether or not safeloader is installed."""
+    for owner, name, original in _saved:
+        if name == "from_pretrained" and isinstance(owner, type) and issubclass(cls, owner):
+            return original.__get__(None, cls)
+    return cls.from_pretrained  # type: ignore[attr-defined]
+
+
 def _routed_from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
     from safeloader.dropin import load
 
-    if cls.__name__ != "DiffusionPipeline" or not cls.__module__.startswith("diffusers"):
-        # A concrete class was asked for: keep diffusers' semantics by naming it to the worker.
-        kwargs.setdefault("custom_pipeline", None)
-        if cls.__module__.startswith("diffusers"):
-            kwargs["_pipeline_class_name"] = cls.__name__
+    if not cls.__module__.startswith("diffusers"):
+        # The caller's own subclass is the caller's own (trusted) code and cannot move into the worker;
+        # it loads in-process, and diffusers' dynamic-module loader stays closed to foreign code.
+        logger.info("%s is defined by the caller: loading it in-process; foreign code stays refused", cls.__name__)
+        return original_from_pretrained(cls)(pretrained_model_name_or_path, **kwargs)
+    if cls.__name__ != "DiffusionPipeline":
+        # A concrete diffusers class was asked for: keep diffusers' semantics by naming it to the worker.
+        kwargs["_pipeline_class_name"] = cls.__name__
     policy = kwargs.pop("policy", None) or _policy
     return load(pretrained_model_name_or_path, policy=policy, **kwargs)
 

@@ -391,8 +391,13 @@ class WorkerSession:
         from_pretrained_kwargs: Mapping[str, Any],
         restricted_python: str = "off",
         package_label: str = "remote",
+        pipeline_class: str | None = None,
     ) -> RemotePipeline:
-        """Send the verified code and build the pipeline in the worker with ``from_pretrained``."""
+        """Send the verified code and build the pipeline in the worker with ``from_pretrained``.
+
+        ``pipeline_class`` names a class of diffusers itself (e.g. ``"DDPMPipeline"``) to load with,
+        as ``DDPMPipeline.from_pretrained`` would; it is looked up in diffusers, never in foreign code.
+        """
         for relpath, data in code.items():
             if hashlib.sha256(data).hexdigest() != code_hashes.get(relpath):
                 raise IntegrityError(
@@ -410,6 +415,7 @@ class WorkerSession:
                 "kwargs": dict(from_pretrained_kwargs),
                 "restricted_python": restricted_python,
                 "package": package_label,
+                "pipeline_class": pipeline_class,
             },
             timeout_s=self.policy.sandbox.load_timeout_s,
             doing="loading the pipeline",
@@ -570,6 +576,7 @@ def load_remote_pipeline(
     from_pretrained_kwargs: Mapping[str, Any],
     restricted_python: str = "off",
     spawner: Spawner | None = None,
+    pipeline_class: str | None = None,
 ) -> RemotePipeline:
     """Start a worker for ``model_dir`` and load the pipeline in it; the pipeline owns the worker."""
     session = WorkerSession.start(policy, model_dir=model_dir, spawner=spawner)
@@ -580,6 +587,7 @@ def load_remote_pipeline(
             entry=entry,
             from_pretrained_kwargs=from_pretrained_kwargs,
             restricted_python=restricted_python,
+            pipeline_class=pipeline_class,
         )
     except BaseException:
         session.close()

@@ -307,3 +307,22 @@ def test_install_routes_unmodified_diffusers_code(
         safeloader.uninstall()
         safeloader.uninstall()
     assert diffusers.DiffusionPipeline.__dict__["from_pretrained"] is original
+
+
+def test_install_keeps_concrete_diffusers_classes_and_plain_in_process_loads(
+    tiny_model_dir: Path, reference_images: np.ndarray
+) -> None:
+    import diffusers
+
+    safeloader.install(policy="default")
+    try:
+        pipe = diffusers.DDPMPipeline.from_pretrained(str(tiny_model_dir))
+        assert type(pipe).__name__ == "RemotePipeline"
+        assert pipe.safeloader.sandbox.all_active
+        np.testing.assert_array_equal(_run_seeded(pipe), reference_images)
+        # isolate_plain_pipelines = false: in-process, through diffusers' own loader (no recursion).
+        policy = with_overrides(load_policy("default"), sandbox={"isolate_plain_pipelines": False})
+        local = diffusers.DDPMPipeline.from_pretrained(str(tiny_model_dir), policy=policy)
+        assert isinstance(local, diffusers.DDPMPipeline)
+    finally:
+        safeloader.uninstall()

@@ -26,8 +26,8 @@ import pytest
 from safeloader.errors import CacheError, DownloadError, IntegrityError, SafeLoaderError
 from safeloader.policy import load_policy
 from safeloader.resolve import resolve_pipeline
-from safeloader.resolve.manifest import sha256_hex
-from safeloader.verify.signatures import add_signature, sign_manifest
+from safeloader.resolve.manifest import Manifest, sha256_hex
+from safeloader.verify.signatures import add_signature
 from tests.fixtures.hub_server import LoopbackHub
 
 PIPELINE = b"from .helpers import h\n\nclass P:\n    pass\n"
@@ -62,8 +62,8 @@ def assert_cache_consistent(cache: Path) -> None:
             assert (cache / "blobs" / digest[:2] / digest).is_file()
 
 
-def resolve(spec: str = "org/pipe", revision: str | None = None) -> object:
-    return resolve_pipeline(spec, revision=revision, policy=load_policy("default"))
+def resolve(revision: str) -> Manifest:
+    return resolve_pipeline("org/pipe", revision=revision, policy=load_policy("default"))
 
 
 # --- a Hub that lies about sizes and bytes ----------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_endless_body_is_cut_at_the_listed_size(
     assert cache_files(isolated_safeloader_cache) == []
     assert list(private_tmp.iterdir()) == []  # the partial download went with its private folder
     loopback_hub.clear_faults()
-    assert resolve(revision=sha).read_verified(path) == FILES[path]  # type: ignore[attr-defined]
+    assert resolve(revision=sha).read_verified(path) == FILES[path]
 
 
 def test_announced_size_larger_than_the_body_stores_nothing(
@@ -98,7 +98,7 @@ def test_announced_size_larger_than_the_body_stores_nothing(
     assert cache_files(isolated_safeloader_cache) == []
     assert list(private_tmp.iterdir()) == []
     loopback_hub.clear_faults()
-    assert resolve(revision=sha).read_verified("helpers.py") == HELPERS  # type: ignore[attr-defined]
+    assert resolve(revision=sha).read_verified("helpers.py") == HELPERS
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_wrong_bytes_are_refused_and_never_stored(
         resolve(revision=sha)
     assert cache_files(isolated_safeloader_cache) == []
     loopback_hub.clear_faults()
-    assert resolve(revision=sha).read_verified("pipeline.py") == PIPELINE  # type: ignore[attr-defined]
+    assert resolve(revision=sha).read_verified("pipeline.py") == PIPELINE
 
 
 # --- a full disk or a failing write while the cache is written ---------------------------------------------
@@ -156,17 +156,17 @@ def test_write_failure_leaves_nothing_half_written(
     after: int,
 ) -> None:
     loopback_hub.create_repo("org/pipe", FILES)
+    real_fsync = os.fsync
     failed = _fail_writes_into(monkeypatch, folder, after=after)
     with pytest.raises(CacheError, match="check free space"):
         resolve(revision="main")
     assert failed, "the fault was never hit"
     assert_cache_consistent(isolated_safeloader_cache)
     assert not list((isolated_safeloader_cache / "manifests").rglob("*.json"))  # no manifest: nothing usable
-    monkeypatch.undo()
-    monkeypatch.setenv("SAFELOADER_CACHE", str(isolated_safeloader_cache))
+    monkeypatch.setattr(os, "fsync", real_fsync)  # the disk has room again
     downloads = loopback_hub.count("GET", "/resolve/")
     manifest = resolve(revision="main")
-    assert manifest.read_verified("helpers.py") == HELPERS  # type: ignore[attr-defined]
+    assert manifest.read_verified("helpers.py") == HELPERS
     assert loopback_hub.count("GET", "/resolve/") == downloads + len(FILES)  # downloaded again, from scratch
     assert_cache_consistent(isolated_safeloader_cache)
 
@@ -203,7 +203,7 @@ def test_real_disk_full_mid_blob_is_a_clear_error(
         assert not list((cache / "manifests").rglob("*.json"))
     assert os.statvfs(tiny_tmpfs).f_bfree * os.statvfs(tiny_tmpfs).f_frsize > 200_000  # the partial file is gone
     monkeypatch.setenv("SAFELOADER_CACHE", str(tmp_path / "roomy"))
-    assert resolve(revision=sha).read_verified("big.py").startswith(b"# padding")  # type: ignore[attr-defined]
+    assert resolve(revision=sha).read_verified("big.py").startswith(b"# padding")
 
 
 # --- a loader killed mid-download, then 8 at once ---------------------------------------------------------
@@ -222,7 +222,7 @@ def _resolve_in_child(endpoint: str, cache: str, queue: multiprocessing.Queue) -
 
 
 def test_killed_loader_then_eight_concurrent_loaders_with_one_bad_answer(
-    loopback_hub: LoopbackHub, isolated_safeloader_cache: Path
+    loopback_hub: LoopbackHub, isolated_safeloader_cache: Path, private_tmp: Path
 ) -> None:
     loopback_hub.create_repo("org/pipe", FILES)
     context = multiprocessing.get_context("fork")
@@ -271,20 +271,20 @@ def test_killed_loader_then_eight_concurrent_loaders_with_one_bad_answer(
 def test_branch_force_pushed_between_two_file_downloads(loopback_hub: LoopbackHub) -> None:
     good = loopback_hub.create_repo("org/pipe", FILES)
     evil_files = {"pipeline.py": b"import os\nfrom .helpers import h\n", "helpers.py": b"import subprocess\n"}
-    evil = loopback_hub.create_repo("org/pipe-evil", evil_files)
     moved: list[str] = []
 
     def force_push_after_first_file(method: str, path: str) -> None:
-        # The entry file has just been served; before helpers.py is requested, main is rewritten.
+        # The entry file has just been served; before helpers.py is requested, main is rewritten to a commit
+        # that does not descend from the one resolved (a force-push).
         if method == "GET" and path.endswith("/helpers.py") and not moved:
-            moved.append(loopback_hub.commit("org/pipe", evil_files))
-            assert moved[0] == evil  # the same tree on a new history: a force-push
+            moved.append(loopback_hub.commit("org/pipe", evil_files, branch="rewritten"))
+            loopback_hub.set_ref("org/pipe", "main", moved[0])
 
     loopback_hub.before_request(force_push_after_first_file)
     manifest = resolve(revision="main")
-    assert moved and loopback_hub.head("org/pipe") != good
-    assert manifest.commit == good  # type: ignore[attr-defined]
-    assert manifest.read_verified("pipeline.py") == PIPELINE  # type: ignore[attr-defined]
-    assert manifest.read_verified("helpers.py") == HELPERS  # type: ignore[attr-defined]
+    assert moved and loopback_hub.head("org/pipe") == moved[0] != good
+    assert manifest.commit == good
+    assert manifest.read_verified("pipeline.py") == PIPELINE
+    assert manifest.read_verified("helpers.py") == HELPERS
     file_requests = [p for m, p in loopback_hub.requests if "/resolve/" in p and "org/pipe/" in p]
     assert len(file_requests) >= 2 and all(f"/resolve/{good}/" in p for p in file_requests)

@@ -177,7 +177,10 @@ class Cache:
     def save_ref(self, key: str, commit: str) -> None:
         path = self._ref_path(key)
         self._ensure(path.parent)
-        atomic_write(path, json.dumps({"commit": commit}).encode("utf-8"))
+        try:
+            atomic_write(path, json.dumps({"commit": commit}).encode("utf-8"))
+        except OSError as exc:
+            raise CacheError(f"cannot write {path} ({exc.strerror}); check free space and permissions.") from exc
 
     def load_ref(self, key: str) -> str | None:
         try:

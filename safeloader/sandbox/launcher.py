@@ -92,7 +92,8 @@ def _wait_for(child: int, lifeline: int) -> NoReturn:
     _, wait_status = os.waitpid(child, 0)
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # these two cannot (and need not) be reset
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(wait_status) & 0xFF)
 
@@ -133,7 +134,10 @@ def main() -> None:
     try:
         run(config)
     except BaseException as exc:
-        _say(config["status_fd"], error=str(exc))
+        try:
+            _say(config["status_fd"], error=str(exc))
+        except OSError:
+            pass  # the status pipe is closed once the worker runs; the exit code still tells the caller
         os._exit(127)
 
 

@@ -232,9 +232,7 @@ class Worker:
         if entry is not None:
             pipeline_class: Any = defined_pipeline_class(package.import_relpath(str(entry)))
         else:
-            from diffusers import DiffusionPipeline
-
-            pipeline_class = DiffusionPipeline
+            pipeline_class = diffusers_pipeline_class(request.get("pipeline_class"))
         pipeline = pipeline_class.from_pretrained(str(model_dir), **kwargs)
         self._register(pipeline, protocol.PIPELINE_HANDLE)
         return describe(pipeline)
@@ -261,6 +259,18 @@ class Worker:
         args = request.get("args") or []
         kwargs = request.get("kwargs") or {}
         return function(*args, **kwargs)
+
+
+def diffusers_pipeline_class(name: object) -> Any:
+    """``DiffusionPipeline``, or the diffusers pipeline class the caller named (never foreign code)."""
+    import diffusers
+
+    if name is None:
+        return diffusers.DiffusionPipeline
+    candidate = getattr(diffusers, name, None) if isinstance(name, str) and protocol.is_public_name(name) else None
+    if not (isinstance(candidate, type) and issubclass(candidate, diffusers.DiffusionPipeline)):
+        raise Refused(f"{name!r} is not a pipeline class of diffusers")
+    return candidate
 
 
 def describe(target: object) -> dict[str, Any]:
