@@ -20,7 +20,7 @@ from safeloader import DiffusionPipeline
 from safeloader.errors import WorkerCrashed, WorkerTimeout
 from safeloader.policy import load_policy, with_overrides
 
-SLOW_PIPELINE = '''
+SLOW_PIPELINE = """
 import time
 
 import torch
@@ -35,7 +35,7 @@ class SlowPipeline(DiffusionPipeline):
     def __call__(self, seconds: float = 0.0, size: int = 0):
         time.sleep(seconds)
         return torch.ones(size)
-'''
+"""
 
 
 @pytest.fixture
@@ -66,7 +66,9 @@ def _processes_of_uid(uid: int) -> list[int]:
 
 def _load(model: Path, code: Path, **sandbox: Any) -> Any:
     policy = with_overrides(load_policy("default"), sandbox=sandbox) if sandbox else "default"
-    return DiffusionPipeline.from_pretrained(str(model), custom_pipeline=str(code), trust_remote_code=True, policy=policy)
+    return DiffusionPipeline.from_pretrained(
+        str(model), custom_pipeline=str(code), trust_remote_code=True, policy=policy
+    )
 
 
 def test_worker_killed_mid_call_raises_within_a_second_and_leaks_nothing(

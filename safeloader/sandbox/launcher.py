@@ -13,6 +13,7 @@ Status lines (JSON, one ``write`` each) go to the caller over the status pipe: `
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -134,10 +135,9 @@ def main() -> None:
     try:
         run(config)
     except BaseException as exc:
-        try:
+        # The status pipe is closed once the worker runs; the exit code still tells the caller.
+        with contextlib.suppress(OSError):
             _say(config["status_fd"], error=str(exc))
-        except OSError:
-            pass  # the status pipe is closed once the worker runs; the exit code still tells the caller
         os._exit(127)
 
 
