@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
@@ -32,6 +31,11 @@ from huggingface_hub.errors import (
 from huggingface_hub.errors import RevisionNotFoundError as HfRevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import tqdm as hf_tqdm
+
+try:  # huggingface_hub >= 2 speaks httpx2, 1.x httpx: catch the transport errors of whichever is installed
+    from httpx2 import HTTPError as _HttpClientError
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    from httpx import HTTPError as _HttpClientError  # type: ignore[assignment,no-redef,unused-ignore]
 
 from safeloader.errors import (
     DownloadError,
@@ -96,7 +100,7 @@ def hub_errors(repo_id: str, repo_type: str, revision: str | None, what: str) ->
         raise EntryFileNotFoundError(
             f"{what} was not found in {repo_id}{at}; check the file name and revision."
         ) from exc
-    except (httpx2.HTTPError, HfHubHTTPError, OSError) as exc:
+    except (_HttpClientError, HfHubHTTPError, OSError) as exc:
         raise DownloadError(
             f"downloading {what} from {repo_id}{at} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "nothing was stored — check the network or HF_ENDPOINT and retry."
