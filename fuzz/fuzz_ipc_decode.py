@@ -41,7 +41,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # worker-driven progress bars would 
 
 import torch  # noqa: E402 - imported once here so no input pays for it
 from fuzz_audit import main  # noqa: E402
-from run_all import with_input_time_limit  # noqa: E402
+from run_all import prepare_target  # noqa: E402
 
 from safeloader.errors import SafeLoaderError  # noqa: E402
 from safeloader.ipc import protocol  # noqa: E402
@@ -418,4 +418,4 @@ if __name__ == "__main__":
     if "--write-corpus" in sys.argv:
         write_corpus()
         sys.exit(0)
-    sys.exit(main(with_input_time_limit(decode_one, sys.argv[1:]), "ipc", sys.argv[1:]))
+    sys.exit(main(prepare_target(decode_one, sys.argv[1:]), "ipc", sys.argv[1:]))

@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from fuzz_audit import main  # noqa: E402
-from run_all import with_input_time_limit  # noqa: E402
+from run_all import prepare_target  # noqa: E402
 
 from safeloader.errors import LockDriftError, SafeLoaderError  # noqa: E402
 from safeloader.policy import load_policy  # noqa: E402
@@ -163,4 +163,4 @@ if __name__ == "__main__":
     if "--write-corpus" in sys.argv:
         write_corpus()
         sys.exit(0)
-    sys.exit(main(with_input_time_limit(parse_one, sys.argv[1:]), "lockfile", sys.argv[1:]))
+    sys.exit(main(prepare_target(parse_one, sys.argv[1:]), "lockfile", sys.argv[1:]))

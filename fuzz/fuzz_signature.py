@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519  # noqa: E402
 from fuzz_audit import main  # noqa: E402
-from run_all import with_input_time_limit  # noqa: E402
+from run_all import prepare_target  # noqa: E402
 
 from safeloader.errors import SafeLoaderError  # noqa: E402
 from safeloader.resolve.manifest import Manifest  # noqa: E402
@@ -160,4 +160,4 @@ if __name__ == "__main__":
     if "--write-corpus" in sys.argv:
         write_corpus()
         sys.exit(0)
-    sys.exit(main(with_input_time_limit(parse_one, sys.argv[1:]), "signature", sys.argv[1:]))
+    sys.exit(main(prepare_target(parse_one, sys.argv[1:]), "signature", sys.argv[1:]))

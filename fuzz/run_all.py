@@ -23,6 +23,7 @@ target's seed corpus so every later run replays it.
 from __future__ import annotations
 
 import argparse
+import inspect
 import signal
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 #: Time one input may take in smoke mode before it counts as a hang.
 INPUT_SECONDS = 10.0
+#: Modules whose Python code atheris traces for coverage: ours and the parsers they call.
+INSTRUMENTED = ("safeloader", "tomllib", "tomli_w", "json", "msgpack", "base64")
 #: Start-up (imports of torch and diffusers) allowed on top of a target's run time before it counts as hung.
 STARTUP_GRACE_SECONDS = 90
 
@@ -45,9 +48,11 @@ def _raise_timed_out(_signum: int, _frame: object) -> None:
     raise InputTimedOut(f"one input ran for more than {INPUT_SECONDS:g} s")
 
 
-def with_input_time_limit(target: Callable[[bytes], None], argv: list[str]) -> Callable[[bytes], None]:
-    """``target`` under a per-input SIGALRM guard in smoke mode; unchanged under atheris (its ``-timeout`` rules)."""
+def prepare_target(target: Callable[[bytes], None], argv: list[str]) -> Callable[[bytes], None]:
+    """``target`` as the mode in ``argv`` runs it: under a per-input SIGALRM guard in smoke mode; under atheris
+    (whose ``-timeout`` guards each input) with the modules it exercises instrumented for coverage."""
     if not any(arg.startswith("--smoke") for arg in argv):
+        instrument_for_atheris(INSTRUMENTED)
         return target
 
     def guarded(data: bytes) -> None:
@@ -60,6 +65,28 @@ def with_input_time_limit(target: Callable[[bytes], None], argv: list[str]) -> C
             signal.signal(signal.SIGALRM, previous)
 
     return guarded
+
+
+def instrument_for_atheris(prefixes: tuple[str, ...]) -> int:
+    """Add coverage to the loaded Python functions of modules named ``prefixes*``; returns how many.
+
+    ``atheris.instrument_all()`` would also instrument torch (minutes, and it breaks some of it); the code under
+    test is ours and the pure-Python parsers it calls.
+    """
+    import atheris
+
+    done: set[int] = set()
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(prefixes):
+            continue
+        for value in list(vars(module).values()):
+            members = list(vars(value).values()) if inspect.isclass(value) else []
+            for member in [value, *members]:
+                function = getattr(member, "__func__", getattr(member, "fget", member))
+                if inspect.isfunction(function) and function.__module__ == name and id(function) not in done:
+                    atheris.instrument_func(function)
+                    done.add(id(function))
+    return len(done)
 
 
 def corpus_dir(target: Path) -> Path:

@@ -57,7 +57,7 @@ import sys, time
 sys.path.insert(0, {str(FUZZ)!r})
 import run_all
 run_all.INPUT_SECONDS = 0.2
-guarded = run_all.with_input_time_limit(lambda data: time.sleep(30), ["--smoke-seconds", "1"])
+guarded = run_all.prepare_target(lambda data: time.sleep(30), ["--smoke-seconds", "1"])
 started = time.monotonic()
 try:
     guarded(b"x")

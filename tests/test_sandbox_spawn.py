@@ -230,3 +230,18 @@ def test_probe_host_says_why_a_layer_is_missing(monkeypatch: pytest.MonkeyPatch)
     report = probe_host()
     status = report.layer("syscalls")
     assert status is not None and not status.active and "simulated" in status.detail
+
+
+def test_packages_on_the_callers_pythonpath_import_in_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = tmp_path / "extra-site"
+    extra.mkdir()
+    (extra / "caller_side_package.py").write_text("VALUE = 42\n")
+    monkeypatch.setenv("PYTHONPATH", f"{extra}{os.pathsep}relative-entry")
+    worker = spawn_worker(SandboxPolicy(), argv=["-c", "import caller_side_package; print(caller_side_package.VALUE)"])
+    try:
+        assert worker.wait(60) == 0, worker.stderr_tail()
+        assert "42" in worker.stderr_tail()
+    finally:
+        worker.close()

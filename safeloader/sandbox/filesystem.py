@@ -87,10 +87,33 @@ def unavailable() -> str | None:
     return None
 
 
+def caller_import_paths() -> list[str]:
+    """The caller's ``$PYTHONPATH`` directories: packages installed there must import in the worker too.
+
+    Only absolute, existing directories; never ``/`` or the home directory itself, which would grant
+    everything below them (a relative entry means the current directory, which is never granted).
+    """
+    home = os.path.realpath(os.path.expanduser("~"))
+    found = []
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        real = os.path.realpath(entry) if os.path.isabs(entry) else ""
+        if real and real not in ("/", home) and os.path.isdir(real) and real not in found:
+            found.append(real)
+    return found
+
+
+def worker_pythonpath() -> str | None:
+    """``PYTHONPATH`` for the worker: safeloader's import root when needed, then the caller's entries."""
+    entries = [root] if (root := import_root_if_needed()) else []
+    entries += [p for p in caller_import_paths() if p not in entries]
+    return os.pathsep.join(entries) or None
+
+
 def python_read_paths() -> list[str]:
     """What the worker's interpreter must read: its installation, site-packages, and safeloader itself."""
     paths = {sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parent.parent)}
     paths.update(site.getsitepackages())
+    paths.update(caller_import_paths())
     paths.add(str(Path(sys.executable).resolve().parent.parent))
     return sorted(p for p in paths if os.path.exists(p))
 

@@ -235,6 +235,7 @@ def spawn_worker(
         view = private / "model" if model_dir is not None else None
         binds = modelview.build(Path(model_dir), view, uid, gid) if model_dir is not None and view else []
         import_root = filesystem.import_root_if_needed()
+        pythonpath = filesystem.worker_pythonpath()
         ro_extra = [str(view)] if view else []
         ro_extra += [import_root] if import_root else []
         plan = _landlock_plan(policy, ro_extra, [str(home), str(tmp)])
@@ -252,7 +253,7 @@ def spawn_worker(
             thread_env=resources.thread_environment(policy),
             caller_env=os.environ,
             extra={
-                **({"PYTHONPATH": import_root} if import_root else {}),
+                **({"PYTHONPATH": pythonpath} if pythonpath else {}),
                 **(env_extra or {}),
                 "SAFELOADER_SANDBOX": json.dumps(sandbox_config),
             },
@@ -277,7 +278,7 @@ def spawn_worker(
                 "argv": [sys.executable, "-s", "-c", BOOTSTRAP, *argv],
             },
             private,
-            import_root,
+            pythonpath,
         )
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
@@ -299,7 +300,7 @@ def spawn_worker(
     return worker
 
 
-def _launch(config: dict[str, Any], private: Path, import_root: str | None) -> SandboxedWorker:
+def _launch(config: dict[str, Any], private: Path, pythonpath: str | None) -> SandboxedWorker:
     caller_sock, worker_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     lifeline_r, lifeline_w = os.pipe()
     status_r, status_w = os.pipe()
@@ -322,7 +323,7 @@ def _launch(config: dict[str, Any], private: Path, import_root: str | None) -> S
             env={
                 "PATH": environment.SAFE_PATH,
                 "LANG": "C.UTF-8",
-                **({"PYTHONPATH": import_root} if import_root else {}),
+                **({"PYTHONPATH": pythonpath} if pythonpath else {}),
             },
             cwd="/",
         )
