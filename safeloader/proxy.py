@@ -294,6 +294,8 @@ class WorkerSession:
         bar = self._bars.get(bar_id)
         if bar is None and event == "open" and len(self._bars) < _MAX_PROGRESS_BARS:
             total = message.get("total")
+            if isinstance(total, float) and total.is_integer():
+                total = int(total)  # drawn as "2/2", as diffusers' own bars are
             bar = tqdm(
                 total=total if isinstance(total, int | float) else None, desc=str(message.get("desc", ""))[:80] or None
             )
