@@ -117,6 +117,21 @@ def command_for(target: Path, seconds: int, *, atheris: bool) -> list[str]:
     ]
 
 
+def run_copies(command: list[str], copies: int, *, limit: float) -> list[int | None]:
+    """Run ``copies`` processes of ``command`` side by side (they share the findings corpus); None: killed as hung."""
+    processes = [subprocess.Popen(command) for _ in range(copies)]
+    deadline = time.monotonic() + limit
+    returncodes: list[int | None] = []
+    for process in processes:
+        try:
+            returncodes.append(process.wait(timeout=max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            returncodes.append(None)
+    return returncodes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=20, help="run time per target (default 20)")
@@ -139,21 +154,6 @@ def main() -> int:
         print(f"fuzz {target.stem}: {status} in {time.perf_counter() - started:.1f} s", flush=True)
         failures += bool(bad)
     return 1 if failures else 0
-
-
-def run_copies(command: list[str], copies: int, *, limit: float) -> list[int | None]:
-    """Run ``copies`` processes of ``command`` side by side (they share the findings corpus); None: killed as hung."""
-    processes = [subprocess.Popen(command) for _ in range(copies)]
-    deadline = time.monotonic() + limit
-    returncodes: list[int | None] = []
-    for process in processes:
-        try:
-            returncodes.append(process.wait(timeout=max(0.0, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            returncodes.append(None)
-    return returncodes
 
 
 if __name__ == "__main__":

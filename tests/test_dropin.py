@@ -326,3 +326,29 @@ def test_install_keeps_concrete_diffusers_classes_and_plain_in_process_loads(
         assert isinstance(local, diffusers.DDPMPipeline)
     finally:
         safeloader.uninstall()
+
+
+@pytest.mark.parametrize(
+    ("model", "error"),
+    [
+        ("not/a/repo/id", "InvalidSpecError"),
+        ("nobody/missing-model", "RepoNotFoundError"),
+    ],
+)
+def test_bad_model_references_are_clear_errors(loopback_hub: Any, model: str, error: str) -> None:
+    with pytest.raises(safeloader.SafeLoaderError) as info:
+        DiffusionPipeline.from_pretrained(model)
+    assert type(info.value).__name__ == error
+
+
+def test_directory_without_model_index_and_bad_policy_and_object_kwargs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safeloader.errors import EntryFileNotFoundError, InvalidSpecError, PolicyError
+
+    with pytest.raises(EntryFileNotFoundError, match="model_index.json"):
+        DiffusionPipeline.from_pretrained(str(tmp_path))
+    bad_policy = tmp_path / "bad.toml"
+    bad_policy.write_text("[sandbox]\nnetwork = 'yes'\n")
+    with pytest.raises(PolicyError, match="sandbox.network"):
+        DiffusionPipeline.from_pretrained(str(tiny_model_dir), policy=bad_policy)
+    with pytest.raises(InvalidSpecError, match="cannot cross into the sandbox"):
+        DiffusionPipeline.from_pretrained(str(tiny_model_dir), scheduler=object())
