@@ -344,11 +344,11 @@ def test_bad_model_references_are_clear_errors(loopback_hub: Any, model: str, er
 def test_directory_without_model_index_and_bad_policy_and_object_kwargs(tiny_model_dir: Path, tmp_path: Path) -> None:
     from safeloader.errors import EntryFileNotFoundError, InvalidSpecError, PolicyError
 
-    with pytest.raises(EntryFileNotFoundError, match="model_index.json"):
+    with pytest.raises(EntryFileNotFoundError, match=r"model_index\.json"):
         DiffusionPipeline.from_pretrained(str(tmp_path))
     bad_policy = tmp_path / "bad.toml"
     bad_policy.write_text("[sandbox]\nnetwork = 'yes'\n")
-    with pytest.raises(PolicyError, match="sandbox.network"):
+    with pytest.raises(PolicyError, match=r"sandbox\.network"):
         DiffusionPipeline.from_pretrained(str(tiny_model_dir), policy=bad_policy)
     with pytest.raises(InvalidSpecError, match="cannot cross into the sandbox"):
         DiffusionPipeline.from_pretrained(str(tiny_model_dir), scheduler=object())
