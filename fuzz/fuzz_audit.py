@@ -17,7 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+
+from run_all import prepare_target  # noqa: E402
 
 from safeloader.audit import audit_sources  # noqa: E402
 from safeloader.audit.restricted import compile_restricted_module  # noqa: E402
@@ -152,4 +155,4 @@ def main(target: Callable[[bytes], None], corpus: str, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(audit_one, "audit", sys.argv[1:]))
+    sys.exit(main(prepare_target(audit_one, sys.argv[1:]), "audit", sys.argv[1:]))

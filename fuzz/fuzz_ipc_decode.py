@@ -75,7 +75,7 @@ class LoopbackWorker:
         self.sock = sock
         self.pid = 0
         self.report = SandboxReport(layers=(LayerStatus("seccomp", True, "fuzz"),))
-        self.model_dir = None
+        self.model_dir: Path | None = None
 
     def poll(self) -> int | None:
         return 0

@@ -15,6 +15,7 @@ import contextlib
 import sys
 import tempfile
 from pathlib import Path
+from typing import cast
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -25,7 +26,7 @@ from run_all import prepare_target  # noqa: E402
 
 from safeloader.errors import LockDriftError, SafeLoaderError  # noqa: E402
 from safeloader.policy import load_policy  # noqa: E402
-from safeloader.resolve.manifest import Manifest  # noqa: E402
+from safeloader.resolve.manifest import Manifest, SourceKind  # noqa: E402
 from safeloader.verify import LockedPipeline, read_lockfile, render_lockfile, verify_manifest  # noqa: E402
 from safeloader.verify.lockfile import check_drift, find_locked  # noqa: E402
 
@@ -57,7 +58,7 @@ class Finding(AssertionError):
 def manifest_of(locked: LockedPipeline) -> Manifest:
     """The manifest a resolve that matches ``locked`` exactly would produce."""
     return Manifest(
-        source=locked.source,
+        source=cast(SourceKind, locked.source),  # the parser checked it is a string, not which one
         source_id=locked.source_id,
         repo=locked.repo,
         repo_type=locked.repo_type,

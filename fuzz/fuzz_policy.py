@@ -19,6 +19,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from fuzz_audit import main  # noqa: E402
+from run_all import prepare_target  # noqa: E402
 
 from safeloader.errors import SafeLoaderError  # noqa: E402
 from safeloader.policy import load_policy, policy_from_mapping  # noqa: E402
@@ -43,4 +44,4 @@ def load_one(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(load_one, "policy", sys.argv[1:]))
+    sys.exit(main(prepare_target(load_one, sys.argv[1:]), "policy", sys.argv[1:]))

@@ -317,7 +317,10 @@ class WorkerSession:
         callback = self._callbacks.get(message.get("callback"))  # type: ignore[arg-type]
         try:
             if callback is None:
-                raise UnsupportedValueError("the worker asked for a callback that was not passed to this call")
+                raise UnsupportedValueError(
+                    "the pipeline asked for a callback that was not passed to this call; "
+                    "its code is misbehaving — check it with `safeloader audit` before trusting its results"
+                )
             result = callback(self.pipeline, message.get("step"), message.get("timestep"), message.get("tensors") or {})
             self._send({"op": protocol.CALLBACK_RESULT, "tensors": result}, doing)
         except (WorkerCrashed, UnsupportedValueError) as exc:

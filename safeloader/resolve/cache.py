@@ -143,7 +143,7 @@ class Cache:
             raise CacheError(f"cannot read {path} ({exc.strerror}); check its permissions.") from exc
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise IntegrityError(
                 f"cached manifest {path} is not valid JSON; delete it and fetch the pipeline again."
             ) from exc
@@ -185,7 +185,7 @@ class Cache:
     def load_ref(self, key: str) -> str | None:
         try:
             data: Any = json.loads(self._ref_path(key).read_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         commit = data.get("commit") if isinstance(data, dict) else None
         return commit if isinstance(commit, str) else None
