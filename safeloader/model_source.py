@@ -25,7 +25,6 @@ logger = logging.getLogger("safeloader")
 
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
-PICKLE_IGNORE_PATTERNS = tuple(f"*{suffix}" for suffix in PICKLE_WEIGHT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -140,59 +139,47 @@ def _download_hub_model(
     cache_dir: str | os.PathLike[str] | None,
     local_files_only: bool,
 ) -> ModelSource:
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from safeloader.resolve import hub_endpoint, resolve_commit
-    from safeloader.resolve.hub import translate_hub_errors
+    from safeloader.resolve import resolve_commit
+    from safeloader.resolve.hub import fetch_file, list_files, translate_hub_errors
 
-    with translate_hub_errors(repo_id, revision):
-        if local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1":
+    cache = None if cache_dir is None else Path(cache_dir)
+    if local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1":
+        with translate_hub_errors(repo_id, revision):
             try:
                 folder = Path(
-                    snapshot_download(
-                        repo_id,
-                        revision=revision,
-                        cache_dir=None if cache_dir is None else Path(cache_dir),
-                        local_files_only=True,
-                        token=token,
-                    )
+                    snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True, token=token)
                 )
             except LocalEntryNotFoundError as exc:
                 raise ResolveError(
                     f"model {repo_id} is not in the local Hub cache and downloads are disabled; "
                     "run once online or drop local_files_only / HF_HUB_OFFLINE."
                 ) from exc
-            commit = folder.name if len(folder.name) == 40 else None
-            files = _list_files(folder)
-        else:
-            # Resolve the branch or tag once; every file is then fetched at that exact commit.
-            commit = resolve_commit(repo_id, revision, token=token)
-            api = HfApi(endpoint=hub_endpoint(), token=token)
-            files = tuple(sorted(api.list_repo_files(repo_id, revision=commit)))
-            index_only = Path(
-                snapshot_download(
-                    repo_id,
-                    revision=commit,
-                    cache_dir=None if cache_dir is None else Path(cache_dir),
-                    token=token,
-                    allow_patterns=["model_index.json"],
-                    endpoint=hub_endpoint(),
-                )
+        commit = folder.name if len(folder.name) == 40 else None
+        files = _list_files(folder)
+    else:
+        # Resolve the branch or tag once; every file is then fetched at that exact commit, cut off past
+        # the size the tree listing gives and checked against the hash it gives.
+        commit = resolve_commit(repo_id, revision, token=token)
+        remote = list_files(repo_id, commit, repo_type="model", token=token)
+        files = tuple(sorted(remote))
+        if "model_index.json" not in remote:
+            raise EntryFileNotFoundError(
+                f"{repo_id}@{commit} has no model_index.json, so it is not a diffusers pipeline; check the model id."
             )
-            index = _read_model_index(index_only, repo_id)
-            check_weights(files, index, policy, repo_id)
-            ignore = list(PICKLE_IGNORE_PATTERNS) if not policy.weights.allow_pickle else []
-            folder = Path(
-                snapshot_download(
-                    repo_id,
-                    revision=commit,
-                    cache_dir=None if cache_dir is None else Path(cache_dir),
-                    token=token,
-                    ignore_patterns=ignore or None,
-                    endpoint=hub_endpoint(),
-                )
-            )
+        index_file = fetch_file(
+            repo_id, remote["model_index.json"], commit, repo_type="model", token=token, cache_dir=cache
+        )
+        folder = index_file.parent
+        check_weights(files, _read_model_index(folder, repo_id), policy, repo_id)
+        for path in files:
+            if path == "model_index.json" or (
+                not policy.weights.allow_pickle and path.endswith(PICKLE_WEIGHT_SUFFIXES)
+            ):
+                continue
+            fetch_file(repo_id, remote[path], commit, repo_type="model", token=token, cache_dir=cache)
     index = _read_model_index(folder, repo_id)
     check_weights(files, index, policy, repo_id)
     logger.debug("model %s resolved to %s at %s", repo_id, commit, folder)

@@ -352,3 +352,25 @@ def test_directory_without_model_index_and_bad_policy_and_object_kwargs(tiny_mod
         DiffusionPipeline.from_pretrained(str(tiny_model_dir), policy=bad_policy)
     with pytest.raises(InvalidSpecError, match="cannot cross into the sandbox"):
         DiffusionPipeline.from_pretrained(str(tiny_model_dir), scheduler=object())
+
+
+@pytest.mark.parametrize("fault", ["endless", "wrong_bytes"])
+def test_hostile_hub_weights_are_cut_off_and_never_used(
+    loopback_hub: Any, tiny_model_dir: Path, fault: str, tmp_path: Path
+) -> None:
+    from safeloader.errors import IntegrityError
+
+    loopback_hub.create_repo("tiny/ddpm-hostile", _files(tiny_model_dir))
+    weights = "diffusion_pytorch_model.safetensors"
+    if fault == "endless":
+        loopback_hub.serve_endless_body(weights)
+    else:
+        real = (tiny_model_dir / "unet" / weights).read_bytes()
+        loopback_hub.serve_wrong_bytes(weights, bytes(len(real)))
+    cache = tmp_path / "hf-cache"
+    with pytest.raises(IntegrityError, match="Hub lists for it"):
+        DiffusionPipeline.from_pretrained("tiny/ddpm-hostile", cache_dir=str(cache))
+    assert not [p for p in cache.rglob(weights) if p.exists()], "an unverified weight file was left in the cache"
+    loopback_hub.clear_faults()
+    pipe = DiffusionPipeline.from_pretrained("tiny/ddpm-hostile", cache_dir=str(cache))
+    pipe.close()

@@ -157,10 +157,6 @@ def list_files(repo_id: str, commit: str, *, repo_type: str, token: str | bool |
     return files
 
 
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
 def _size_capped_progress(repo_id: str, remote: RemoteFile, commit: str) -> type[hf_tqdm]:
     """A progress bar class that aborts a download once it exceeds the size the tree listing gave.
 
@@ -186,33 +182,67 @@ def _size_capped_progress(repo_id: str, remote: RemoteFile, commit: str) -> type
     return SizeCappedProgress
 
 
-def download_file(
-    repo_id: str, remote: RemoteFile, commit: str, *, repo_type: str, token: str | bool | None, workdir: Path
-) -> bytes:
-    """Download one file at ``commit`` into ``workdir`` and return its bytes, checked against ``remote``."""
+def _matches_listing(path: Path, remote: RemoteFile) -> bool:
+    """Whether the file at ``path`` has the size and hash (LFS sha256, else git blob id) of ``remote``."""
+    size = path.stat().st_size
+    if size != remote.size:
+        return False
+    digest = hashlib.sha256() if remote.lfs_sha256 is not None else hashlib.sha1(usedforsecurity=False)
+    if remote.lfs_sha256 is None:
+        digest.update(b"blob %d\0" % size)
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest() == (remote.lfs_sha256 or remote.git_oid)
+
+
+def fetch_file(
+    repo_id: str,
+    remote: RemoteFile,
+    commit: str,
+    *,
+    repo_type: str,
+    token: str | bool | None,
+    local_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Download one file at ``commit`` (into ``local_dir``, else the Hub cache) and check it against ``remote``.
+
+    The body is cut off past the listed size, and the stored file must have the listed hash; a file that
+    does not is deleted and an :class:`IntegrityError` raised, so nothing unverified is left to be used.
+    """
     with hub_errors(repo_id, repo_type, commit, remote.path):
-        local = hf_hub_download(
-            repo_id,
-            remote.path,
-            repo_type=repo_type,
-            revision=commit,
-            local_dir=workdir,
-            endpoint=hub_endpoint(),
-            token=token,
-            etag_timeout=30,
-            tqdm_class=_size_capped_progress(repo_id, remote, commit),
+        local = Path(
+            hf_hub_download(
+                repo_id,
+                remote.path,
+                repo_type=repo_type,
+                revision=commit,
+                local_dir=local_dir,
+                cache_dir=cache_dir,
+                endpoint=hub_endpoint(),
+                token=token,
+                etag_timeout=30,
+                tqdm_class=_size_capped_progress(repo_id, remote, commit),
+            )
         )
-        data = Path(local).read_bytes()
-    if remote.lfs_sha256 is not None:
-        ok = hashlib.sha256(data).hexdigest() == remote.lfs_sha256
-    else:
-        ok = _git_blob_sha1(data) == remote.git_oid
-    if not ok or len(data) != remote.size:
+    if not _matches_listing(local, remote):
+        # In the Hub cache the snapshot entry is a link to a blob: remove both, or the next run would reuse it.
+        for stale in {local.resolve(), local}:
+            with contextlib.suppress(OSError):
+                stale.unlink()
         raise IntegrityError(
             f"{remote.path} downloaded from {repo_id}@{commit} does not match the hash the Hub lists for it; "
             "nothing was stored — retry, and report the mirror if it persists."
         )
-    return data
+    return local
+
+
+def download_file(
+    repo_id: str, remote: RemoteFile, commit: str, *, repo_type: str, token: str | bool | None, workdir: Path
+) -> bytes:
+    """Download one file at ``commit`` into ``workdir`` and return its bytes, checked against ``remote``."""
+    return fetch_file(repo_id, remote, commit, repo_type=repo_type, token=token, local_dir=workdir).read_bytes()
 
 
 @contextlib.contextmanager
