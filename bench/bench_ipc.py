@@ -9,10 +9,7 @@ import argparse
 import hashlib
 import json
 import pickle
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +18,9 @@ from safeloader._demo.tiny_model import build_tiny_model
 from safeloader.ipc.codec import Decoder, Encoder
 from safeloader.policy.schema import Policy
 from safeloader.proxy import load_remote_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median_time
 
 BLOB_PIPELINE = b"""\
 import torch
@@ -40,15 +40,6 @@ class BlobPipeline(DiffusionPipeline):
 """
 
 
-def best_of(repeats: int, action: Callable[[], object]) -> float:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=256)
@@ -61,8 +52,8 @@ def main() -> int:
 
     source = torch.ones(nbytes // 4, dtype=torch.float32)
     target = torch.empty_like(source)
-    memcpy_s = best_of(args.repeats, lambda: target.copy_(source))
-    pickle_s = best_of(
+    memcpy_s = median_time(args.repeats, lambda: target.copy_(source))
+    pickle_s = median_time(
         args.repeats, lambda: pickle.loads(pickle.dumps(source, protocol=5))
     )  # our own bytes: the baseline
 
@@ -70,7 +61,7 @@ def main() -> int:
         body, fds = Encoder().encode(source)
         return Decoder().decode(body, fds)
 
-    codec_s = best_of(args.repeats, codec_round_trip)
+    codec_s = median_time(args.repeats, codec_round_trip)
 
     code = {"blob.py": BLOB_PIPELINE}
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in code.items()}
@@ -81,11 +72,11 @@ def main() -> int:
         received = pipe.blob(nbytes)
         assert received.shape == source.shape and bool(received[-1] == 1.0)
         del received
-        ipc_s = best_of(args.repeats, lambda: pipe.blob(nbytes))
+        ipc_s = median_time(args.repeats, lambda: pipe.blob(nbytes))
         # Pages of the received mapping are faulted in lazily: count one full read to be fair to the baselines.
-        ipc_read_s = best_of(args.repeats, lambda: pipe.blob(nbytes).sum())
-        local_read_s = best_of(args.repeats, lambda: source.sum())
-        small_s = best_of(50, lambda: pipe.blob(4096))
+        ipc_read_s = median_time(args.repeats, lambda: pipe.blob(nbytes).sum())
+        local_read_s = median_time(args.repeats, lambda: source.sum())
+        small_s = median_time(50, lambda: pipe.blob(4096))
 
     def rate(seconds: float) -> float:
         return nbytes / seconds / 1e9

@@ -13,10 +13,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from safeloader._demo.tiny_model import build_tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median_time
 
 COLD_IN_PROCESS = """
 import sys, torch
@@ -31,20 +33,12 @@ from pathlib import Path
 import torch
 from safeloader.policy.schema import Policy
 from safeloader.proxy import load_remote_pipeline
+
 with load_remote_pipeline(Policy(), model_dir=Path(sys.argv[1]), code={}, code_hashes={}, entry=None,
                           from_pretrained_kwargs={}) as pipe:
     pipe.set_progress_bar_config(disable=True)
     pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=10, output_type="pil")
 """
-
-
-def median_time(repeats: int, action: Callable[[], object]) -> float:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
 
 
 def rss_mib() -> float:
