@@ -281,8 +281,14 @@ class WorkerSession:
             if len(self.events) >= MAX_EVENTS:
                 return
             if isinstance(event, dict):
+                by = event.get("by")
                 self.events.append(
-                    {"event": str(event.get("event", ""))[:100], "detail": str(event.get("detail", ""))[:500]}
+                    {
+                        "event": str(event.get("event", ""))[:100],
+                        "detail": str(event.get("detail", ""))[:500],
+                        # Who raised it, as the worker saw it: evidence for reports, never a decision.
+                        "by": by if by in ("pipeline", "library", "safeloader") else "unknown",
+                    }
                 )
 
     def _draw_progress(self, message: dict[str, Any]) -> None:

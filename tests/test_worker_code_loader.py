@@ -81,16 +81,25 @@ def test_class_routing_only_returns_verified_classes(package: VerifiedPackage, t
 
 
 def test_recorder_keeps_opens_outside_allowed_roots_and_watched_events(tmp_path: Path) -> None:
-    recorder = EventRecorder([str(tmp_path / "model")], [str(tmp_path / "tmp")])
+    code_root = "/safeloader-verified/remote-test"
+    recorder = EventRecorder([str(tmp_path / "model")], [str(tmp_path / "tmp")], code_root)
+    # Events raised from a frame of the verified code are the pipeline's; the rest are its libraries'.
+    namespace: dict[str, object] = {}
+    exec(
+        compile("def fire(hook, event, args):\n    hook(event, args)\n", f"{code_root}/pipeline.py", "exec"), namespace
+    )
+    fire = namespace["fire"]
     recorder("open", (str(tmp_path / "model" / "weights.bin"), "rb", 0))
     recorder("open", (str(tmp_path / "tmp" / "scratch"), "w", 1))
     recorder("open", (str(tmp_path / "model" / "weights.bin"), "w", 1))
-    recorder("open", ("/root/.ssh/id_rsa", "r", 0))
+    fire(recorder, "open", ("/root/.ssh/id_rsa", "r", 0))  # type: ignore[operator]
     recorder("socket.__new__", (None, 2, 1, 0))
     recorder("socket.__new__", (None, 2, 1, 0))
     recorder("import", ("json", None, [], [], []))
-    recorder("import", ("ctypes.util", None, [], [], []))
+    recorder("import", ("multiprocessing.synchronize", None, [], [], []))  # a library's own lazy import
+    fire(recorder, "import", ("ctypes.util", None, [], [], []))  # type: ignore[operator]
     events = recorder.take()
     assert [event["event"] for event in events] == ["open", "open", "socket.__new__", "import"]
+    assert [event["by"] for event in events] == ["library", "pipeline", "library", "pipeline"]
     assert "weights.bin (write)" in events[0]["detail"] and "/root/.ssh/id_rsa (read)" in events[1]["detail"]
     assert recorder.take() == []

@@ -72,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"output:   {type(output).__name__} of shape {tuple(output.shape)}, dtype {output.dtype}")
         print(pipe.safeloader.sandbox.format_text())
         events = list(pipe.safeloader.events)
-        print(f"events:   {len(events)} audit-hook event(s) recorded in the worker")
+        own = [event for event in events if event.get("by") == "pipeline"]
+        print(f"events:   {len(own)} attempt(s) by the pipeline code recorded in the worker", end="")
+        print(f" (+{len(events) - len(own)} by the libraries it uses)" if len(events) > len(own) else "")
+        for event in own:
+            print(f"          {event['event']}: {event['detail']}")
     finally:
         pipe.close()
     png = Path(args.output) if args.output else root / "one_step_unet.png"

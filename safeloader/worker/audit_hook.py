@@ -53,8 +53,17 @@ _ALWAYS = frozenset(
 _IMPORT_WATCH = frozenset({"ctypes", "socket", "subprocess", "urllib", "http", "requests", "pty", "multiprocessing"})
 
 
+#: How far up the stack to look for a frame of the pipeline's own code.
+_MAX_FRAMES = 64
+
+
 class EventRecorder:
-    def __init__(self, allowed_read_roots: Iterable[str], allowed_write_roots: Iterable[str]) -> None:
+    def __init__(
+        self, allowed_read_roots: Iterable[str], allowed_write_roots: Iterable[str], code_root: str = ""
+    ) -> None:
+        #: Filenames of the verified pipeline modules start with this; events raised while one of their
+        #: frames is on the stack are attributed to the pipeline, the rest to the libraries it uses.
+        self.code_root = os.path.join(code_root, "") if code_root else ""
         self.allowed_read = tuple(os.path.join(os.path.abspath(r), "") for r in allowed_read_roots)
         self.allowed_write = tuple(os.path.join(os.path.abspath(r), "") for r in allowed_write_roots)
         self.events: list[dict[str, Any]] = []
@@ -67,11 +76,23 @@ class EventRecorder:
         with self._lock:
             events, self.events = self.events, []
             if self.dropped:
-                events.append({"event": "safeloader.events_dropped", "detail": str(self.dropped)})
+                events.append({"event": "safeloader.events_dropped", "detail": str(self.dropped), "by": "safeloader"})
                 self.dropped = 0
         return events
 
-    def _record(self, event: str, detail: str) -> None:
+    def _pipeline_on_stack(self) -> bool:
+        if not self.code_root:
+            return False
+        frame: Any = sys._getframe(2)
+        for _ in range(_MAX_FRAMES):
+            if frame is None:
+                return False
+            if frame.f_code.co_filename.startswith(self.code_root):
+                return True
+            frame = frame.f_back
+        return False
+
+    def _record(self, event: str, detail: str, by_pipeline: bool) -> None:
         key = (event, detail)
         with self._lock:
             if key in self._seen:
@@ -80,7 +101,7 @@ class EventRecorder:
             if len(self.events) >= MAX_EVENTS:
                 self.dropped += 1
                 return
-            self.events.append({"event": event, "detail": detail})
+            self.events.append({"event": event, "detail": detail, "by": "pipeline" if by_pipeline else "library"})
 
     def _open_allowed(self, path: str, writing: bool) -> bool:
         full = os.path.join(os.path.abspath(path), "")
@@ -100,19 +121,21 @@ class EventRecorder:
                     writing = isinstance(mode, str) and any(flag in mode for flag in "wax+")
                     writing = writing or (isinstance(args[2], int) and bool(args[2] & (os.O_WRONLY | os.O_RDWR)))
                     if not self._open_allowed(path, writing):
-                        self._record("open", f"{path} ({'write' if writing else 'read'})")
+                        detail = f"{path} ({'write' if writing else 'read'})"
+                        self._record("open", detail, self._pipeline_on_stack())
             elif event == "import":
-                if args[0].split(".")[0] in _IMPORT_WATCH:
-                    self._record("import", str(args[0]))
+                # torch and diffusers import these lazily themselves; only the pipeline's own imports count.
+                if args[0].split(".")[0] in _IMPORT_WATCH and self._pipeline_on_stack():
+                    self._record("import", str(args[0]), True)
             elif event in _ALWAYS or event.split(".")[0] == "ctypes" or event.startswith("os.exec"):
-                self._record(event, repr(args)[:_MAX_ARG_CHARS])
+                self._record(event, repr(args)[:_MAX_ARG_CHARS], self._pipeline_on_stack())
         except Exception:  # an audit hook must never break the code it watches
             pass
         finally:
             self._active = False
 
 
-def install_recorder(read_roots: Iterable[str], write_roots: Iterable[str]) -> EventRecorder:
+def install_recorder(read_roots: Iterable[str], write_roots: Iterable[str], code_root: str = "") -> EventRecorder:
     roots = {
         sys.prefix,
         sys.base_prefix,
@@ -125,6 +148,6 @@ def install_recorder(read_roots: Iterable[str], write_roots: Iterable[str]) -> E
         "/sys/devices/system/cpu",
         "/etc/localtime",
     }
-    recorder = EventRecorder([root for root in roots if root], write_roots)
+    recorder = EventRecorder([root for root in roots if root], write_roots, code_root)
     sys.addaudithook(recorder)
     return recorder

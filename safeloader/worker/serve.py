@@ -227,7 +227,9 @@ class Worker:
         )
         route_dynamic_modules(package, model_dir)
         if self.recorder is None:
-            self.recorder = install_recorder([str(model_dir), package.virtual_root], [tempfile.gettempdir()])
+            self.recorder = install_recorder(
+                [str(model_dir), package.virtual_root], [tempfile.gettempdir()], code_root=package.virtual_root
+            )
         entry = request.get("entry")
         if entry is not None:
             pipeline_class: Any = defined_pipeline_class(package.import_relpath(str(entry)))
