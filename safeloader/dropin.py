@@ -100,46 +100,34 @@ def load(
         cache_dir=caller.get("cache_dir"),
         local_files_only=bool(caller.get("local_files_only", False)),
     )
-    foreign = collect_foreign_code(
-        model,
-        custom_pipeline=custom_pipeline,
-        custom_revision=custom_revision,
-        trust_remote_code=trust_remote_code,
-        policy=resolved_policy,
-        token=caller.get("token"),
-        local_files_only=bool(caller.get("local_files_only", False)),
-        lockfile=lockfile,
-    )
-    audit_report = audit_foreign_code(foreign, resolved_policy)
-    from_pretrained_kwargs = worker_kwargs(kwargs, resolved_policy)
-
-    if foreign.empty and not resolved_policy.sandbox.isolate_plain_pipelines:
-        logger.warning(
-            "policy %r sets [sandbox] isolate_plain_pipelines = false: loading %s IN-PROCESS, without the sandbox",
-            resolved_policy.name,
-            model.repo_id or model.directory,
+    session = _early_worker(model, custom_pipeline, resolved_policy)
+    try:
+        foreign = collect_foreign_code(
+            model,
+            custom_pipeline=custom_pipeline,
+            custom_revision=custom_revision,
+            trust_remote_code=trust_remote_code,
+            policy=resolved_policy,
+            token=caller.get("token"),
+            local_files_only=bool(caller.get("local_files_only", False)),
+            lockfile=lockfile,
         )
-        import diffusers
-
-        from safeloader.patch import original_from_pretrained
-
-        in_process_class = getattr(diffusers, pipeline_class) if pipeline_class else diffusers.DiffusionPipeline
-        return original_from_pretrained(in_process_class)(
-            model.directory, **{**kwargs, **_safetensors(resolved_policy)}
+        audit_report = audit_foreign_code(foreign, resolved_policy)
+        from_pretrained_kwargs = worker_kwargs(kwargs, resolved_policy)
+        if session is None:
+            return _load_in_process(model, pipeline_class, kwargs, resolved_policy)
+        pipe = session.load_pipeline(
+            code=foreign.code,
+            code_hashes=foreign.hashes,
+            entry=foreign.pipeline_entry,
+            from_pretrained_kwargs=from_pretrained_kwargs,
+            restricted_python="enforce" if resolved_policy.audit.restricted_python == "enforce" else "off",
+            pipeline_class=None if foreign.pipeline_entry else pipeline_class,
         )
-
-    from safeloader.proxy import load_remote_pipeline
-
-    pipe = load_remote_pipeline(
-        resolved_policy,
-        model_dir=model.directory,
-        code=foreign.code,
-        code_hashes=foreign.hashes,
-        entry=foreign.pipeline_entry,
-        from_pretrained_kwargs=from_pretrained_kwargs,
-        restricted_python="enforce" if resolved_policy.audit.restricted_python == "enforce" else "off",
-        pipeline_class=None if foreign.pipeline_entry else pipeline_class,
-    )
+    except BaseException:
+        if session is not None:
+            session.close()
+        raise
     info = pipe.safeloader
     info.audit = audit_report
     info.manifests = foreign.manifests
@@ -147,6 +135,36 @@ def load(
     info.policy = resolved_policy
     info.model = model
     return pipe
+
+
+def _early_worker(model: ModelSource, custom_pipeline: str | os.PathLike[str] | None, policy: Policy) -> Any:
+    """Start the sandboxed worker now, unless this load runs in-process.
+
+    The worker boots (imports torch and diffusers) while this process resolves, verifies and audits the
+    code; it receives code only once the audit allowed it, and is killed if anything refuses the load.
+    """
+    from safeloader.foreign_code import model_repo_entries
+    from safeloader.proxy import WorkerSession
+
+    spec = None if custom_pipeline is None else os.fspath(custom_pipeline)
+    has_foreign_code = spec is not None or bool(model_repo_entries(model, spec)[0])
+    if not has_foreign_code and not policy.sandbox.isolate_plain_pipelines:
+        return None
+    return WorkerSession.start(policy, model_dir=model.directory, wait=False)
+
+
+def _load_in_process(model: ModelSource, pipeline_class: str | None, kwargs: dict[str, Any], policy: Policy) -> Any:
+    logger.warning(
+        "policy %r sets [sandbox] isolate_plain_pipelines = false: loading %s IN-PROCESS, without the sandbox",
+        policy.name,
+        model.repo_id or model.directory,
+    )
+    import diffusers
+
+    from safeloader.patch import original_from_pretrained
+
+    in_process_class = getattr(diffusers, pipeline_class) if pipeline_class else diffusers.DiffusionPipeline
+    return original_from_pretrained(in_process_class)(model.directory, **{**kwargs, **_safetensors(policy)})
 
 
 def _safetensors(policy: Policy) -> dict[str, Any]:

@@ -109,31 +109,48 @@ class WorkerSession:
             Decoder(on_handle=self._decode_handle, tensor_device=available_device),
         )
         self.sandbox_report = worker.report
+        self._ready = False
+        self._hello_deadline = time.monotonic() + policy.sandbox.load_timeout_s
         _live_sessions.add(self)
 
     @classmethod
-    def start(cls, policy: Policy, *, model_dir: Path, spawner: Spawner | None = None) -> WorkerSession:
-        """Spawn a confined worker for ``model_dir`` and wait (``load_timeout_s``) for its hello."""
+    def start(
+        cls, policy: Policy, *, model_dir: Path, spawner: Spawner | None = None, wait: bool = True
+    ) -> WorkerSession:
+        """Spawn a confined worker for ``model_dir``; with ``wait``, also wait for its hello.
+
+        ``wait=False`` returns at once, so the caller can go on with its own imports while the worker
+        imports torch and diffusers; the hello (within ``load_timeout_s`` of the spawn) is then awaited by
+        :meth:`load_pipeline`.
+        """
         spawn = spawner if spawner is not None else _default_spawner()
         worker = spawn(policy.sandbox, model_dir=Path(model_dir))
         # The caller needs diffusers' output classes for the first result; import them while the worker
         # imports torch and diffusers, instead of after the first call.
         threading.Thread(target=preload_output_classes, name="safeloader-preload", daemon=True).start()
         session = cls(worker, policy)
-        limit_s = policy.sandbox.load_timeout_s
+        if wait:
+            session.wait_until_ready()
+        return session
+
+    def wait_until_ready(self) -> None:
+        """Receive and check the worker's hello (once); kill the worker if it is late or malformed."""
+        if self._ready:
+            return
+        limit_s = self.policy.sandbox.load_timeout_s
         try:
-            hello = session._receive(time.monotonic() + limit_s, "starting the worker", limit_s)
+            hello = self._receive(self._hello_deadline, "starting the worker", limit_s)
         except BaseException:
-            session.close()
+            self.close()
             raise
         if hello.get("op") != protocol.HELLO or hello.get("version") != protocol.PROTOCOL_VERSION:
-            session._abort()
+            self._abort()
             raise ProtocolError(
                 "the worker did not start with a valid hello message and was killed; "
                 "check that safeloader is installed identically for the worker."
             )
-        session.sandbox_report = session._merge_report(hello.get("layers"))
-        return session
+        self.sandbox_report = self._merge_report(hello.get("layers"))
+        self._ready = True
 
     def _merge_report(self, layers: object) -> SandboxReport:
         by_name = {status.layer: status for status in self.worker.report.layers}
@@ -229,6 +246,7 @@ class WorkerSession:
         """Send one request and serve progress and callbacks until its result; returns the result's value."""
         if self.closed:
             raise WorkerCrashed(f"the sandboxed worker is closed, so {doing} is impossible; load the pipeline again.")
+        self.wait_until_ready()
         if self._pending_release:
             message["release"], self._pending_release = self._pending_release, []
         deadline = time.monotonic() + timeout_s
