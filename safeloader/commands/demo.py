@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"pipeline: {code_dir / 'pipeline.py'} (untrusted: the one-step community pipeline)")
     print()
     report = audit_path(code_dir, policy)
-    print(report.format_text())
+    print(report.format_text().rstrip())
     print()
     pipe = DiffusionPipeline.from_pretrained(
         str(model_dir), custom_pipeline=str(code_dir), trust_remote_code=True, policy=policy
