@@ -48,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SafeLoaderError as exc:
         print(f"safeloader: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Writing an output file (lockfile, key, signature, report) the user pointed somewhere unwritable.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"safeloader: error: {exc.strerror or exc}{where}; choose a path you can write to.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -24,17 +24,25 @@ CALLER_SIDE_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "for
 _DATA_TYPES = (str, int, float, bool, type(None))
 
 
-def _encode_kwarg(name: str, value: Any) -> Any:
+#: How deeply a from_pretrained argument may nest (a self-referencing list must not recurse forever).
+_MAX_KWARG_DEPTH = 16
+
+
+def _encode_kwarg(name: str, value: Any, depth: int = 0) -> Any:
     import torch
 
+    if depth > _MAX_KWARG_DEPTH:
+        raise InvalidSpecError(
+            f"from_pretrained argument {name} nests more than {_MAX_KWARG_DEPTH} levels deep; pass plain, flat data."
+        )
     if isinstance(value, torch.dtype):
         return {"__dtype__": str(value).removeprefix("torch.")}
     if isinstance(value, _DATA_TYPES):
         return value
     if isinstance(value, (list, tuple)):
-        return [_encode_kwarg(name, item) for item in value]
+        return [_encode_kwarg(name, item, depth + 1) for item in value]
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        return {k: _encode_kwarg(name, v) for k, v in value.items()}
+        return {k: _encode_kwarg(name, v, depth + 1) for k, v in value.items()}
     raise InvalidSpecError(
         f"from_pretrained argument {name}={type(value).__name__} is an object and cannot cross into the sandbox; "
         "pass plain data (dtype, strings, numbers) or load that component inside the pipeline instead."

@@ -8,16 +8,19 @@ in the repo, and custom components (``"unet": ["my_unet", "MyUNet"]`` with ``une
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safeloader.errors import IntegrityError, RemoteCodeNotTrusted
+from safeloader.errors import IntegrityError, RemoteCodeNotTrusted, UnpinnedRevisionError
 from safeloader.model_source import ModelSource, component_folders
 from safeloader.policy import Policy
 from safeloader.resolve.manifest import Manifest
+
+logger = logging.getLogger("safeloader")
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,10 @@ def model_repo_entries(model: ModelSource, custom_pipeline: str | None) -> tuple
         pipeline_entry = f"{custom_pipeline}.py"
         entries.append(pipeline_entry)
     class_name = model.model_index.get("_class_name")
+    # diffusers uses the ``_class_name`` module whenever it exists, even next to a ``custom_pipeline``
+    # (``_resolve_custom_pipeline_and_cls``), so it is foreign code of this load either way.
     if (
-        custom_pipeline is None
-        and isinstance(class_name, list)
+        isinstance(class_name, list)
         and class_name
         and isinstance(class_name[0], str)
         and f"{class_name[0]}.py" in files
@@ -59,6 +63,19 @@ def model_repo_entries(model: ModelSource, custom_pipeline: str | None) -> tuple
         if isinstance(module, str) and f"{folder}/{module}.py" in files:
             entries.append(f"{folder}/{module}.py")
     return entries, pipeline_entry
+
+
+def _check_model_pin(model: ModelSource, policy: Policy) -> None:
+    """Code inside the model repo is pinned only when the caller asked for the model's exact commit."""
+    if model.commit is None or model.requested_revision == model.commit:
+        return
+    message = (
+        f"code in model repo {model.repo_id} was requested at {model.requested_revision or 'the default branch'!r}, "
+        f"which points at commit {model.commit} now; pass revision={model.commit!r} to pin it."
+    )
+    if policy.sources.require_pinned_revision:
+        raise UnpinnedRevisionError(f"policy {policy.name!r} requires pinned revisions: {message}")
+    logger.warning("unpinned load: %s", message)
 
 
 def _merge(manifests: list[Manifest]) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -90,6 +107,7 @@ def collect_foreign_code(
 ) -> ForeignCode:
     """Resolve and verify all foreign code of this load; refuse it without ``trust_remote_code``."""
     from safeloader.resolve import resolve_local_files, resolve_pipeline, resolve_repo_files
+    from safeloader.verify import verify_manifest
 
     spec = os.fspath(custom_pipeline) if custom_pipeline is not None else None
     entries, in_repo_pipeline = model_repo_entries(model, spec)
@@ -108,6 +126,8 @@ def collect_foreign_code(
         if model.repo_id is None:
             repo_manifest = resolve_local_files(model.directory, entries, policy=policy)
         else:
+            _check_model_pin(model, policy)
+            # Fetched at the commit the model itself was resolved to: code and weights are one snapshot.
             repo_manifest = resolve_repo_files(
                 model.repo_id,
                 entries,
@@ -116,6 +136,8 @@ def collect_foreign_code(
                 token=token,
                 local_files_only=local_files_only,
             )
+        if lockfile is not None:
+            verify_manifest(repo_manifest, policy, lockfile=Path(lockfile))
         manifests.append(repo_manifest)
     if spec is not None and in_repo_pipeline is None:
         pipeline_manifest = resolve_pipeline(

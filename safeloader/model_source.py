@@ -36,6 +36,8 @@ class ModelSource:
     repo_id: str | None
     #: The 40-hex commit the files were downloaded at (Hub only).
     commit: str | None
+    #: What the caller asked for (a branch, tag or commit; ``None`` for the default branch).
+    requested_revision: str | None
     files: tuple[str, ...]
     model_index: dict[str, Any]
 
@@ -115,7 +117,9 @@ def resolve_model(
         files = _list_files(directory)
         index = _read_model_index(directory, str(directory))
         check_weights(files, index, policy, str(directory))
-        return ModelSource(directory=directory, repo_id=None, commit=None, files=files, model_index=index)
+        return ModelSource(
+            directory=directory, repo_id=None, commit=None, requested_revision=None, files=files, model_index=index
+        )
     if not looks_like_repo_id(spec):
         raise InvalidSpecError(
             f"{spec!r} is neither an existing directory nor a Hub repo id of the form 'org/name'; check the value."
@@ -143,10 +147,10 @@ def _download_hub_model(
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     from safeloader.resolve import resolve_commit
-    from safeloader.resolve.hub import fetch_file, list_files, translate_hub_errors
+    from safeloader.resolve.hub import fetch_file, list_files, offline_mode, translate_hub_errors
 
     cache = None if cache_dir is None else Path(cache_dir)
-    if local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1":
+    if local_files_only or offline_mode():
         with translate_hub_errors(repo_id, revision):
             try:
                 folder = Path(
@@ -183,4 +187,11 @@ def _download_hub_model(
     index = _read_model_index(folder, repo_id)
     check_weights(files, index, policy, repo_id)
     logger.debug("model %s resolved to %s at %s", repo_id, commit, folder)
-    return ModelSource(directory=folder, repo_id=repo_id, commit=commit, files=files, model_index=index)
+    return ModelSource(
+        directory=folder,
+        repo_id=repo_id,
+        commit=commit,
+        requested_revision=revision,
+        files=files,
+        model_index=index,
+    )

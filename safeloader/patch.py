@@ -55,10 +55,14 @@ def original_from_pretrained(cls: type) -> Any:
     return cls.from_pretrained  # type: ignore[attr-defined]
 
 
+def _is_diffusers_class(cls: type) -> bool:
+    return cls.__module__ == "diffusers" or cls.__module__.startswith("diffusers.")
+
+
 def _routed_from_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
     from safeloader.dropin import load
 
-    if not cls.__module__.startswith("diffusers"):
+    if not _is_diffusers_class(cls):
         # The caller's own subclass is the caller's own (trusted) code and cannot move into the worker;
         # it loads in-process, and diffusers' dynamic-module loader stays closed to foreign code.
         logger.info("%s is defined by the caller: loading it in-process; foreign code stays refused", cls.__name__)

@@ -160,3 +160,36 @@ def test_swapped_manifest_is_refused(loopback_hub: LoopbackHub, isolated_safeloa
     by_commit[first].write_bytes(by_commit[second].read_bytes())
     with pytest.raises(IntegrityError, match="describes"):
         resolve_pipeline("org/pipe", revision=first, policy=load_policy("default"))
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"notes": "abc"},
+        {"notes": {"k": 5}},
+        {"signature_sha256": 5},
+        {"files": {"../../evil.py": "0" * 64}},
+        {"files": {"pipeline.py": "not-hex" * 9 + "x"}},
+        {"entry": "missing.py"},
+    ],
+)
+def test_malformed_cached_manifest_is_an_integrity_error(tmp_path: Path, tamper: dict[str, object]) -> None:
+    from safeloader.errors import IntegrityError
+    from safeloader.resolve.manifest import Manifest
+
+    good = {
+        "manifest_version": 1,
+        "source": "hub",
+        "source_id": "org/pipe",
+        "repo": "org/pipe",
+        "repo_type": "model",
+        "requested_revision": None,
+        "commit": "a" * 40,
+        "entry": "pipeline.py",
+        "files": {"pipeline.py": "b" * 64},
+        "fetched_at": "2026-11-26T00:00:00+00:00",
+        "notes": {},
+    }
+    Manifest.from_json_dict(good, tmp_path)
+    with pytest.raises(IntegrityError, match="malformed"):
+        Manifest.from_json_dict({**good, **tamper}, tmp_path)

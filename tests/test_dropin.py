@@ -374,3 +374,74 @@ def test_hostile_hub_weights_are_cut_off_and_never_used(
     loopback_hub.clear_faults()
     pipe = DiffusionPipeline.from_pretrained("tiny/ddpm-hostile", cache_dir=str(cache))
     pipe.close()
+
+
+def _repo_with_code_in_it(loopback_hub: Any, tiny_model_dir: Path, repo_id: str) -> str:
+    files = _files(tiny_model_dir)
+    files.update(_seeded_pipeline_files())
+    files["seeded_ddpm.py"] = files.pop("pipeline.py")
+    return str(loopback_hub.create_repo(repo_id, files))
+
+
+def test_code_inside_the_model_repo_follows_the_pin_rule(loopback_hub: Any, tiny_model_dir: Path) -> None:
+    sha = _repo_with_code_in_it(loopback_hub, tiny_model_dir, "tiny/pinned-code")
+    pinned_only = with_overrides(load_policy("default"), sources={"require_pinned_revision": True})
+    with pytest.raises(UnpinnedRevisionError, match=sha):
+        DiffusionPipeline.from_pretrained(
+            "tiny/pinned-code", custom_pipeline="seeded_ddpm", trust_remote_code=True, policy=pinned_only
+        )
+    pipe = DiffusionPipeline.from_pretrained(
+        "tiny/pinned-code", revision=sha, custom_pipeline="seeded_ddpm", trust_remote_code=True, policy=pinned_only
+    )
+    pipe.close()
+
+
+def test_a_lockfile_must_cover_code_inside_the_model_repo(
+    loopback_hub: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safeloader.errors import LockfileError
+
+    sha = _repo_with_code_in_it(loopback_hub, tiny_model_dir, "tiny/locked-code")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pipeline.py").write_text("X = 1\n")
+    lockfile = tmp_path / "safeloader.lock"
+    from safeloader.cli import main
+
+    assert main(["lock", str(other), "-o", str(lockfile)]) == 0
+    with pytest.raises(LockfileError):
+        DiffusionPipeline.from_pretrained(
+            "tiny/locked-code", revision=sha, custom_pipeline="seeded_ddpm", trust_remote_code=True, lockfile=lockfile
+        )
+
+
+def test_class_name_module_is_gated_even_next_to_a_custom_pipeline(
+    loopback_hub: Any, tiny_model_dir: Path, seeded_pipeline_dir: Path
+) -> None:
+    files = _files(tiny_model_dir)
+    index = json.loads(files["model_index.json"])
+    index["_class_name"] = ["seeded_ddpm", "SeededDDPMPipeline"]
+    files["model_index.json"] = json.dumps(index).encode()
+    files["seeded_ddpm.py"] = (PIPELINES / "seeded_ddpm.py").read_bytes()
+    files["sampling.py"] = (PIPELINES / "sampling.py").read_bytes()
+    loopback_hub.create_repo("tiny/class-name-and-custom", files)
+    with pytest.raises(RemoteCodeNotTrusted, match=r"seeded_ddpm\.py"):
+        DiffusionPipeline.from_pretrained("tiny/class-name-and-custom", custom_pipeline=str(seeded_pipeline_dir))
+    # diffusers builds the `_class_name` class here; it must have come through the gate, verified.
+    pipe = DiffusionPipeline.from_pretrained(
+        "tiny/class-name-and-custom", custom_pipeline=str(seeded_pipeline_dir), trust_remote_code=True
+    )
+    try:
+        assert "seeded_ddpm.py" in pipe.safeloader.manifests[0].files
+        assert type(pipe).__name__ == "RemotePipeline"
+    finally:
+        pipe.close()
+
+
+def test_self_referencing_kwargs_are_a_clear_error(tiny_model_dir: Path) -> None:
+    from safeloader.errors import InvalidSpecError
+
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(InvalidSpecError, match="nests more than"):
+        DiffusionPipeline.from_pretrained(str(tiny_model_dir), device_map=loop)

@@ -169,3 +169,16 @@ def test_source_patterns() -> None:
     policy = policy_from_mapping({"sources": {"allow": ["acme/*", "local:*"], "deny": ["acme/bad"]}})
     assert source_allowed(policy, "acme/good") and source_allowed(policy, "local:/home/x")
     assert not source_allowed(policy, "acme/bad") and not source_allowed(policy, "community:x")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "-1"])
+def test_timeouts_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(f"[sandbox]\nload_timeout_s = {value}\n")
+    with pytest.raises(PolicyError, match="load_timeout_s"):
+        load_policy(path)
+
+
+def test_a_policy_of_the_wrong_type_is_a_policy_error() -> None:
+    with pytest.raises(PolicyError, match="built-in name, path or Policy"):
+        load_policy(123)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -112,9 +113,9 @@ def _validate(data: Mapping[str, Any], origin: str) -> None:
             raise PolicyError(
                 f"{origin}: 'sandbox.require' names unknown layer {layer!r}; use any of {', '.join(SANDBOX_LAYERS)}."
             )
-    for key in ("memory_limit_mb", "call_timeout_s", "load_timeout_s"):
-        if key in sandbox and sandbox[key] <= 0:
-            raise PolicyError(f"{origin}: 'sandbox.{key}' must be positive, got {sandbox[key]}.")
+    for key, upper in (("memory_limit_mb", 1 << 30), ("call_timeout_s", 7 * 86400), ("load_timeout_s", 7 * 86400)):
+        if key in sandbox and not (math.isfinite(sandbox[key]) and 0 < sandbox[key] <= upper):
+            raise PolicyError(f"{origin}: 'sandbox.{key}' must be a positive number up to {upper}, got {sandbox[key]}.")
     if "threads" in sandbox and not 0 <= sandbox["threads"] <= 256:
         raise PolicyError(f"{origin}: 'sandbox.threads' must be between 0 and 256, got {sandbox['threads']}.")
     from safeloader.audit.rules import RULES  # lazily: the audit package imports the policy package
@@ -238,6 +239,10 @@ def load_policy(ref: str | os.PathLike[str] | Policy | None = None) -> Policy:
     """
     if isinstance(ref, Policy):
         return ref
+    if ref is not None and not isinstance(ref, (str, os.PathLike)):
+        raise PolicyError(
+            f"a policy is given by built-in name, path or Policy object, not {type(ref).__name__}; pass one of those."
+        )
     if ref is None:
         ref = os.environ.get("SAFELOADER_POLICY") or "default"
     path = _locate(os.fspath(ref), Path.cwd())

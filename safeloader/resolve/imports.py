@@ -43,9 +43,10 @@ def relative_import_targets(relpath: str, source: bytes) -> list[tuple[int, str 
     """Parse ``source`` and list its relative imports as ``(level, module, names)``."""
     try:
         tree = ast.parse(source, filename=relpath)
-    except (SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise AuditError(
-            f"{relpath} is not valid Python ({exc}); it cannot be loaded — fix or remove the file."
+            f"{relpath} is not valid Python or nests too deeply to parse ({type(exc).__name__}); "
+            "it cannot be loaded — fix or remove the file."
         ) from exc
     found = []
     for node in ast.walk(tree):

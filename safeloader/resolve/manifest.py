@@ -15,6 +15,19 @@ SourceKind = Literal["local_dir", "local_file", "hub", "community", "model_repo"
 MANIFEST_VERSION = 1
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def _is_plain_relpath(path: str) -> bool:
+    """A POSIX path inside the pipeline root: relative, no ``..``, no empty or ``.`` parts."""
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -118,10 +131,19 @@ class Manifest:
                     f"manifest version {data['manifest_version']} is not supported; fetch the pipeline again."
                 )
             files = data["files"]
-            if not isinstance(files, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items()
-            ):
-                raise IntegrityError("manifest file table is malformed; delete the cache entry and fetch again.")
+            notes = data.get("notes", {})
+            signature = data.get("signature_sha256")
+            well_formed = (
+                isinstance(files, dict)
+                and all(isinstance(k, str) and _is_sha256(v) and _is_plain_relpath(k) for k, v in files.items())
+                and isinstance(notes, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in notes.items())
+                and (signature is None or _is_sha256(signature))
+                and all(isinstance(data[key], str) for key in ("source", "source_id", "repo", "entry", "fetched_at"))
+                and data["entry"] in files
+            )
+            if not well_formed:
+                raise IntegrityError("cached manifest is malformed; delete the cache entry and fetch again.")
             return cls(
                 source=data["source"],
                 source_id=data["source_id"],
