@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from safeloader.errors import (
     IntegrityError,
     ProtocolError,
     RemoteError,
+    SafeLoaderError,
     UnsupportedValueError,
     WorkerCrashed,
     WorkerTimeout,
@@ -72,6 +73,11 @@ def _default_spawner() -> Spawner:
     from safeloader.sandbox.spawn import spawn_worker
 
     return spawn_worker
+
+
+def _text(value: object) -> str | None:
+    """A string the worker sent, or ``None``: comparisons on other decoded types (arrays) can raise."""
+    return value if isinstance(value, str) else None
 
 
 def _exit_description(returncode: int | None) -> str:
@@ -139,11 +145,18 @@ class WorkerSession:
             return
         limit_s = self.policy.sandbox.load_timeout_s
         try:
-            hello = self._receive(self._hello_deadline, "starting the worker", limit_s)
+            with self._hostile_data_guard("starting the worker"):
+                hello = self._receive(self._hello_deadline, "starting the worker", limit_s)
         except BaseException:
             self.close()
             raise
-        if hello.get("op") != protocol.HELLO or hello.get("version") != protocol.PROTOCOL_VERSION:
+        version = hello.get("version")
+        if (
+            _text(hello.get("op")) != protocol.HELLO
+            or not isinstance(version, int)
+            or isinstance(version, bool)
+            or version != protocol.PROTOCOL_VERSION
+        ):
             self._abort()
             raise ProtocolError(
                 "the worker did not start with a valid hello message and was killed; "
@@ -231,9 +244,17 @@ class WorkerSession:
                 "the pipeline code is misbehaving — do not trust its output."
             ) from None
 
-    def _send(self, message: dict[str, Any], doing: str) -> None:
+    def _send(self, message: dict[str, Any], doing: str, *, timeout_s: float) -> None:
+        # A worker that stops reading must not block the caller forever in sendall.
+        self.worker.sock.settimeout(timeout_s)
         try:
             self.channel.send(message)
+        except TimeoutError:
+            self._abort()
+            raise WorkerTimeout(
+                f"the sandboxed worker stopped reading while {doing} and was killed after {timeout_s:g} s; "
+                "the pipeline code is misbehaving, or raise [sandbox] call_timeout_s."
+            ) from None
         except CodecError as exc:
             raise UnsupportedValueError(
                 f"an argument cannot be sent to the sandboxed worker while {doing} ({exc}); "
@@ -249,31 +270,54 @@ class WorkerSession:
         self.wait_until_ready()
         if self._pending_release:
             message["release"], self._pending_release = self._pending_release, []
-        deadline = time.monotonic() + timeout_s
-        self._send(message, doing)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        # Time spent in the caller's own callbacks does not count against the worker, but only up to one
+        # more timeout: a worker cannot keep a call alive forever by asking for callbacks.
+        latest_deadline = started + 2 * timeout_s
+        self._send(message, doing, timeout_s=timeout_s)
         while True:
-            reply = self._receive(deadline, doing, timeout_s)
-            op = reply["op"]
-            if op in (protocol.RESULT, protocol.ERROR):
-                self._record_events(reply.get("events"))
+            with self._hostile_data_guard(doing):
+                reply = self._receive(deadline, doing, timeout_s)
+                op = _text(reply.get("op"))
                 if op == protocol.RESULT:
+                    self._record_events(reply.get("events"))
                     return reply.get("value")
-                self._raise_error(reply, doing)
-            elif op == protocol.PROGRESS:
-                self._draw_progress(reply)
-            elif op == protocol.CALLBACK:
-                started = time.monotonic()
-                self._run_callback(reply, doing)
-                deadline += time.monotonic() - started
-            else:
-                self._abort()
-                raise ProtocolError(
-                    f"the sandboxed worker sent an unexpected {str(op)[:40]!r} message while {doing} and was "
-                    "killed; the pipeline code is misbehaving — do not trust its output."
-                )
+                if op == protocol.ERROR:
+                    self._record_events(reply.get("events"))
+                elif op == protocol.PROGRESS:
+                    self._draw_progress(reply)
+                    continue
+                elif op == protocol.CALLBACK:
+                    callback_started = time.monotonic()
+                    self._run_callback(reply, doing)
+                    deadline = min(deadline + time.monotonic() - callback_started, latest_deadline)
+                    continue
+                else:
+                    self._abort()
+                    raise ProtocolError(
+                        f"the sandboxed worker sent an unexpected {str(op)[:40]!r} message while {doing} and was "
+                        "killed; the pipeline code is misbehaving — do not trust its output."
+                    )
+            # Outside the guard: this re-raises a caller callback's own exception unchanged.
+            self._raise_error(reply, doing)
+
+    @contextlib.contextmanager
+    def _hostile_data_guard(self, doing: str) -> Iterator[None]:
+        """Whatever the worker sent, handling it ends in a SafeLoaderError: anything else kills the worker."""
+        try:
+            yield
+        except SafeLoaderError:
+            raise
+        except Exception as exc:
+            self._abort()
+            raise ProtocolError(
+                f"the sandboxed worker sent a message safeloader could not handle while {doing} "
+                f"({type(exc).__name__}) and was killed; the pipeline code is misbehaving — do not trust its output."
+            ) from None
 
     def _raise_error(self, reply: dict[str, Any], doing: str) -> None:
-        kind = reply.get("kind")
+        kind = _text(reply.get("kind"))
         type_name = str(reply.get("type", "Exception"))[:100]
         text = str(reply.get("message", ""))[:4000]
         if self._callback_exception is not None:
@@ -299,7 +343,7 @@ class WorkerSession:
             if len(self.events) >= MAX_EVENTS:
                 return
             if isinstance(event, dict):
-                by = event.get("by")
+                by = _text(event.get("by"))
                 self.events.append(
                     {
                         "event": str(event.get("event", ""))[:100],
@@ -312,7 +356,7 @@ class WorkerSession:
     def _draw_progress(self, message: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
 
-        bar_id, event, count = message.get("bar"), message.get("event"), message.get("n")
+        bar_id, event, count = message.get("bar"), _text(message.get("event")), message.get("n")
         if not isinstance(bar_id, int) or not isinstance(count, int):
             return
         bar = self._bars.get(bar_id)
@@ -338,23 +382,34 @@ class WorkerSession:
         self._bars.clear()
 
     def _run_callback(self, message: dict[str, Any], doing: str) -> None:
-        callback = self._callbacks.get(message.get("callback"))  # type: ignore[arg-type]
+        callback_id = message.get("callback")
+        callback = self._callbacks.get(callback_id) if isinstance(callback_id, int) else None
+        if callback is None:
+            self._abort()
+            raise ProtocolError(
+                f"the sandboxed worker asked for a callback that was not passed while {doing} and was killed; "
+                "the pipeline code is misbehaving — do not trust its output."
+            )
         try:
-            if callback is None:
-                raise UnsupportedValueError(
-                    "the pipeline asked for a callback that was not passed to this call; "
-                    "its code is misbehaving — check it with `safeloader audit` before trusting its results"
-                )
             result = callback(self.pipeline, message.get("step"), message.get("timestep"), message.get("tensors") or {})
-            self._send({"op": protocol.CALLBACK_RESULT, "tensors": result}, doing)
+            call_timeout = self.policy.sandbox.call_timeout_s
+            self._send({"op": protocol.CALLBACK_RESULT, "tensors": result}, doing, timeout_s=call_timeout)
         except (WorkerCrashed, UnsupportedValueError) as exc:
             if isinstance(exc, WorkerCrashed):
                 raise
             self._callback_exception = exc
-            self._send({"op": protocol.CALLBACK_ERROR, "message": str(exc)[:1000]}, doing)
+            self._send(
+                {"op": protocol.CALLBACK_ERROR, "message": str(exc)[:1000]},
+                doing,
+                timeout_s=self.policy.sandbox.call_timeout_s,
+            )
         except Exception as exc:  # re-raised caller-side once the worker has unwound
             self._callback_exception = exc
-            self._send({"op": protocol.CALLBACK_ERROR, "message": f"{type(exc).__name__}: {exc}"[:1000]}, doing)
+            self._send(
+                {"op": protocol.CALLBACK_ERROR, "message": f"{type(exc).__name__}: {exc}"[:1000]},
+                doing,
+                timeout_s=self.policy.sandbox.call_timeout_s,
+            )
 
     # operations ---------------------------------------------------------------------------------------
     def call(self, handle: int, method: str | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
@@ -389,9 +444,9 @@ class WorkerSession:
             timeout_s=self.policy.sandbox.call_timeout_s,
             doing=f"reading .{name}",
         )
-        if isinstance(reply, dict) and reply.get("kind") == "method":
+        if isinstance(reply, dict) and _text(reply.get("kind")) == "method":
             return RemoteMethod(self, handle, name)
-        if isinstance(reply, dict) and reply.get("kind") == "value":
+        if isinstance(reply, dict) and _text(reply.get("kind")) == "value":
             return reply.get("value")
         self._abort()
         raise ProtocolError(
@@ -467,6 +522,7 @@ class WorkerSession:
         # The worker holds nothing worth flushing, and a graceful interpreter exit after torch costs most of a
         # second: say goodbye, then kill it and reap it.
         with contextlib.suppress(OSError):
+            self.worker.sock.settimeout(_CLOSE_GRACE_S)  # a worker that stops reading cannot block close()
             self.channel.send({"op": protocol.CLOSE})
         try:
             self.worker.kill()

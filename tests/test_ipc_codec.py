@@ -237,3 +237,25 @@ def test_unsealed_or_wrongly_sized_memfds_and_unused_fds_are_refused() -> None:
     twice = msgpack.packb([msgpack.ExtType(Ext.TENSOR, msgpack.packb(["float32", [4], 0, "cpu"]))] * 2)
     with pytest.raises(CodecError, match="twice"):
         Decoder().decode(twice, [_memfd(b"\x00" * 16, full)])
+
+
+def test_outputs_never_answer_protocol_attributes_for_the_worker() -> None:
+    import numpy as np
+
+    from safeloader.ipc.codec import GenericOutput
+
+    hostile = {"data": [4096, False], "shape": [8], "typestr": "|u1"}
+    # A private or dunder field name is refused outright.
+    body = msgpack.packb(msgpack.ExtType(Ext.OUTPUT, msgpack.packb(["Sneaky", {"__array_interface__": hostile}])))
+    with pytest.raises(CodecError, match="public identifier"):
+        Decoder().decode(body, [])
+    # diffusers' BaseOutput would turn the keys of a dict first field into attributes: a generic mapping instead.
+    body = msgpack.packb(
+        msgpack.ExtType(
+            Ext.OUTPUT, msgpack.packb(["ImagePipelineOutput", {"images": {"__array_interface__": hostile}}])
+        )
+    )
+    value = Decoder().decode(body, [])
+    assert isinstance(value, GenericOutput)
+    assert not hasattr(value, "__array_interface__") and not hasattr(value, "_repr_html_")
+    assert np.asarray(value).dtype == object  # numpy sees a plain object, never worker-chosen memory

@@ -16,8 +16,12 @@ from tests.fixtures.plain_worker import PlainWorker, spawn_plain_worker
 FAKE_WORKER = str(Path(__file__).parent / "hostile" / "fake_worker.py")
 
 
-def start_fake(mode: str, marker: Path, tmp_path: Path, load_timeout_s: float = 30.0) -> WorkerSession:
-    policy = dataclasses.replace(Policy(), sandbox=SandboxPolicy(load_timeout_s=load_timeout_s, call_timeout_s=20))
+def start_fake(
+    mode: str, marker: Path, tmp_path: Path, load_timeout_s: float = 30.0, call_timeout_s: float = 20.0
+) -> WorkerSession:
+    policy = dataclasses.replace(
+        Policy(), sandbox=SandboxPolicy(load_timeout_s=load_timeout_s, call_timeout_s=call_timeout_s)
+    )
 
     def spawner(sandbox: SandboxPolicy, *, model_dir: Path) -> PlainWorker:
         return spawn_plain_worker(sandbox, model_dir=model_dir, argv=(FAKE_WORKER, mode, str(marker)))
@@ -45,6 +49,8 @@ def assert_killed(session: WorkerSession) -> None:
         "unknown_op",
         "unsealed_memfd",
         "stray_fd",
+        "private_output_field",
+        "unhashable_callback",
     ],
 )
 def test_hostile_frames_raise_protocol_error_and_kill_the_worker(mode: str, tmp_path: Path) -> None:
@@ -78,3 +84,17 @@ def test_progress_storm_is_drawn_and_the_result_still_arrives(tmp_path: Path) ->
     assert session.get_attribute(0, "anything") == "ok"
     session.close()
     assert session.worker.poll() is not None
+
+
+def test_a_malformed_hello_is_a_protocol_error(tmp_path: Path) -> None:
+    with pytest.raises(ProtocolError, match="was killed"):
+        start_fake("array_in_hello", tmp_path / "m", tmp_path)
+
+
+def test_a_worker_that_stops_reading_cannot_block_the_caller(tmp_path: Path) -> None:
+    session = start_fake("stops_reading", tmp_path / "m", tmp_path, call_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(WorkerTimeout, match="stopped reading"):
+        session.call(0, "anything", (b"x" * (16 << 20),), {})  # far more than a socket buffer holds
+    assert time.monotonic() - started < 10
+    assert_killed(session)

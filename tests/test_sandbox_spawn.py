@@ -245,3 +245,17 @@ def test_packages_on_the_callers_pythonpath_import_in_the_worker(
         assert "42" in worker.stderr_tail()
     finally:
         worker.close()
+
+
+def test_pythonpath_entries_at_or_above_home_are_never_granted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safeloader.sandbox.filesystem import caller_import_paths
+
+    home = Path(os.path.realpath(os.path.expanduser("~")))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/", str(home), str(home.parent), str(tmp_path)]))
+    assert caller_import_paths() == [os.path.realpath(tmp_path)]
+
+
+def test_gpu_mode_is_refused_when_the_host_sockets_cannot_be_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(SandboxError, match="gpu = true"):
+        spawn_worker(SandboxPolicy(gpu=True), argv=["-c", "pass"])

@@ -88,7 +88,7 @@ OUTPUT_CLASSES: Mapping[str, tuple[str, str]] = {
     "DDIMSchedulerOutput": ("diffusers.schedulers.scheduling_ddim", "DDIMSchedulerOutput"),
     "SchedulerOutput": ("diffusers.schedulers.scheduling_utils", "SchedulerOutput"),
 }
-_DEVICE_NAME = re.compile(r"^(cpu|cuda|mps|xpu)(:[0-9]{1,3})?$")
+_DEVICE_NAME = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,3})?")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MAX_INT = 2**64 - 1
 _MIN_INT = -(2**63)
@@ -112,6 +112,10 @@ def available_device(name: str) -> str:
     return "cpu"
 
 
+class _TooManyItems(Exception):
+    """Raised from inside msgpack's unpacker to stop it at the item limit."""
+
+
 class GenericOutput(dict[str, Any]):
     """A diffusers output class not on the allow list, as a mapping with attribute and index access."""
 
@@ -120,6 +124,10 @@ class GenericOutput(dict[str, Any]):
         self.type_name = type_name
 
     def __getattr__(self, name: str) -> Any:
+        # Only public field names: protocols (``__array_interface__``, ``_repr_html_``…) are looked up as
+        # attributes, and the worker must never be able to answer them.
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
@@ -334,9 +342,39 @@ class Decoder:
                     os.close(fd)
 
     def _unpack(self, data: bytes | bytearray) -> Any:
+        # Count containers while msgpack builds them: a frame of tiny containers costs ~80 bytes of
+        # memory per byte of frame, so the item limit must stop it during, not after, the unpacking.
+        built = 0
+        limit = self.limits.max_items
+        # Each value the limits count costs at most three msgpack containers (an array's metadata list and
+        # shape list); the exact item count is checked on the decoded value below.
+        container_limit = 3 * limit + 64
+
+        def counted(container: Any) -> Any:
+            nonlocal built
+            built += 1
+            if built > container_limit:
+                raise _TooManyItems
+            return container
+
         try:
-            return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            return msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                list_hook=counted,
+                object_hook=counted,
+                max_array_len=limit + 64,
+                max_map_len=limit + 64,
+            )
+        except _TooManyItems:
+            raise CodecError(f"message has more than {limit} items") from None
+        except ValueError as exc:
+            if "exceeds max_" in str(exc):  # msgpack's own per-container length limits
+                raise CodecError(f"message has more than {limit} items in one container") from None
+            raise CodecError(f"malformed msgpack ({type(exc).__name__}: {exc})") from exc
+        except (TypeError, msgpack.StackError) as exc:
             raise CodecError(f"malformed msgpack ({type(exc).__name__}: {exc})") from exc
         except RecursionError as exc:
             raise CodecError("malformed msgpack (nested too deeply)") from exc
@@ -399,7 +437,7 @@ class Decoder:
         raise CodecError(f"extension type {code} is not allowed here")
 
     def _device_name(self, name: object) -> str:
-        if not isinstance(name, str) or not _DEVICE_NAME.match(name):
+        if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
             raise CodecError(f"device name {name!r} is not allowed")
         return name
 
@@ -484,9 +522,14 @@ class Decoder:
         if len(payload) != 2 or not isinstance(payload[0], str) or not isinstance(payload[1], dict):
             raise CodecError("an output extension is malformed")
         type_name = payload[0] if _IDENTIFIER.match(payload[0]) else "UnnamedOutput"
+        for key in payload[1]:
+            if not (isinstance(key, str) and key.isidentifier() and not key.startswith("_")):
+                raise CodecError(f"an output field name {str(key)[:40]!r} is not a public identifier")
         fields = {key: self._convert(item, depth + 1) for key, item in payload[1].items()}
         location = OUTPUT_CLASSES.get(type_name)
-        if location is not None:
+        # diffusers' BaseOutput turns the keys of a dict in its first field into attributes: never build one.
+        first = next(iter(fields.values()), None)
+        if location is not None and not isinstance(first, Mapping):
             import importlib
 
             try:

@@ -97,7 +97,9 @@ def caller_import_paths() -> list[str]:
     found = []
     for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         real = os.path.realpath(entry) if os.path.isabs(entry) else ""
-        if real and real not in ("/", home) and os.path.isdir(real) and real not in found:
+        # Never "/", the home directory, or a directory above it (e.g. /home): that would grant ~/.ssh.
+        above_home = home == real or home.startswith(os.path.join(real, ""))
+        if real and not above_home and os.path.isdir(real) and real not in found:
             found.append(real)
     return found
 

@@ -18,4 +18,6 @@ def mount_fresh_proc() -> None:
     _libc.mount("proc", "/proc", "proc", _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC)
 
 
-DETAIL = "own PID namespace (worker is PID 1) with a fresh /proc; Landlock scopes signals"
+DETAIL = "own PID namespace (worker is PID 1) with a fresh /proc"
+#: Added to the detail when Landlock's signal scope (ABI >= 6) is in force too.
+SIGNAL_SCOPE_DETAIL = "; Landlock scopes signals"

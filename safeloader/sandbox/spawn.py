@@ -217,6 +217,13 @@ def spawn_worker(
     env_extra: Mapping[str, str] | None = None,
 ) -> SandboxedWorker:
     """Start ``<this interpreter> <argv…>`` confined by every available layer; fd 3 is the IPC socket."""
+    if policy.gpu and os.geteuid() != 0:
+        # libcuda needs AF_UNIX sockets, so GPU mode relies on hiding /run, /tmp and /dev/shm (where the
+        # caller's ssh-agent and session bus live); this version hides them only when started as root.
+        raise SandboxError(
+            "[sandbox] gpu = true needs safeloader to run as root in this version (to hide the host's unix "
+            "sockets from the worker); run as root or set gpu = false."
+        )
     missing = _check_layers(policy)
     namespaces = "privileges" not in missing
     program = None
@@ -287,7 +294,7 @@ def spawn_worker(
         "environment": environment.status(env, True).detail,
         "privileges": f"host uid {uid}/gid {gid} in its own user namespace; no capabilities; no_new_privs",
         "network": network.DETAIL + (network.GPU_EXCEPTION if policy.gpu else ""),
-        "processes": processes.DETAIL,
+        "processes": processes.DETAIL + (processes.SIGNAL_SCOPE_DETAIL if filesystem.abi_version() >= 6 else ""),
         "filesystem": worker.report.facts.get("landlock", ""),
         "resources": resources.detail(limits),
     }

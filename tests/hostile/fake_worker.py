@@ -14,7 +14,7 @@ import time
 
 import msgpack
 
-from safeloader.ipc.codec import Ext
+from safeloader.ipc.codec import Encoder, Ext
 from safeloader.ipc.framing import recv_frame, send_frame
 
 mode, marker = sys.argv[1], sys.argv[2]
@@ -39,7 +39,16 @@ def sealed(data, seals):
 
 if mode == "no_hello":
     time.sleep(60)
+if mode == "array_in_hello":
+    # A numpy array where the caller expects an int: comparing it raises in the caller, which must not leak.
+    import numpy
+
+    body, fds = Encoder().encode({"op": "hello", "version": numpy.array([1, 1]), "pid": 1, "layers": []})
+    send_frame(sock, body, fds)
+    time.sleep(60)
 frame({"op": "hello", "version": 1, "pid": os.getpid(), "layers": []})
+if mode == "stops_reading":
+    time.sleep(60)  # never reads the request, so the caller's send fills the socket buffer
 recv_frame(sock)
 deep = []
 for _ in range(400):
@@ -67,6 +76,13 @@ elif mode == "stray_fd":
 elif mode == "truncated":
     sock.sendall(struct.pack(">IB", 1000, 0) + b"\x81")
     os._exit(0)
+elif mode == "private_output_field":
+    # An output whose field would answer numpy's __array_interface__ with caller memory.
+    inner = msgpack.ExtType(Ext.OUTPUT, msgpack.packb(
+        ["Sneaky", {"__array_interface__": {"data": [4096, False], "shape": [8], "typestr": "|u1"}}]))
+    frame({"op": "result", "value": msgpack.ExtType(Ext.OUTPUT, msgpack.packb(["ImagePipelineOutput", {"images": [inner]}]))})
+elif mode == "unhashable_callback":
+    frame({"op": "callback", "callback": [1], "step": 0, "timestep": 0, "tensors": {}})
 elif mode == "result_after_callback_storm":
     for _ in range(10_000):
         frame({"op": "progress", "bar": 1, "event": "update", "n": 1, "total": 1.0, "desc": "x"})
