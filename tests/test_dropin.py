@@ -148,15 +148,21 @@ def test_pipeline_file_inside_model_repo(loopback_hub: Any, tiny_model_dir: Path
     np.testing.assert_array_equal(_run_seeded(pipe), reference_images)
 
 
-def test_model_index_class_name_names_a_py_file(
-    loopback_hub: Any, tiny_model_dir: Path, reference_images: np.ndarray
-) -> None:
+def _class_name_repo_files(tiny_model_dir: Path) -> dict[str, bytes]:
+    """The tiny model whose model_index.json names the seeded pipeline module in `_class_name`."""
     files = _files(tiny_model_dir)
     index = json.loads(files["model_index.json"])
     index["_class_name"] = ["seeded_ddpm", "SeededDDPMPipeline"]
     files["model_index.json"] = json.dumps(index).encode()
     files["seeded_ddpm.py"] = (PIPELINES / "seeded_ddpm.py").read_bytes()
     files["sampling.py"] = (PIPELINES / "sampling.py").read_bytes()
+    return files
+
+
+def test_model_index_class_name_names_a_py_file(
+    loopback_hub: Any, tiny_model_dir: Path, reference_images: np.ndarray
+) -> None:
+    files = _class_name_repo_files(tiny_model_dir)
     loopback_hub.create_repo("tiny/ddpm-class-name", files)
     with pytest.raises(RemoteCodeNotTrusted):
         DiffusionPipeline.from_pretrained("tiny/ddpm-class-name")
@@ -418,12 +424,7 @@ def test_a_lockfile_must_cover_code_inside_the_model_repo(
 def test_class_name_module_is_gated_even_next_to_a_custom_pipeline(
     loopback_hub: Any, tiny_model_dir: Path, seeded_pipeline_dir: Path
 ) -> None:
-    files = _files(tiny_model_dir)
-    index = json.loads(files["model_index.json"])
-    index["_class_name"] = ["seeded_ddpm", "SeededDDPMPipeline"]
-    files["model_index.json"] = json.dumps(index).encode()
-    files["seeded_ddpm.py"] = (PIPELINES / "seeded_ddpm.py").read_bytes()
-    files["sampling.py"] = (PIPELINES / "sampling.py").read_bytes()
+    files = _class_name_repo_files(tiny_model_dir)
     loopback_hub.create_repo("tiny/class-name-and-custom", files)
     with pytest.raises(RemoteCodeNotTrusted, match=r"seeded_ddpm\.py"):
         DiffusionPipeline.from_pretrained("tiny/class-name-and-custom", custom_pipeline=str(seeded_pipeline_dir))

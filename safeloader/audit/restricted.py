@@ -29,6 +29,7 @@ from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack
 from RestrictedPython.transformer import RestrictingNodeTransformer
 
 from safeloader.audit.rules.introspection import ESCAPE_ATTRIBUTES, FRAME_ATTRIBUTES
+from safeloader.audit.rules.process import OS_PROGRAM_STARTERS
 from safeloader.errors import AuditDenied
 
 #: Attributes no guarded code may read or write, whether written literally or built at run time.
@@ -90,35 +91,7 @@ REFUSED_MODULES = frozenset(
 
 #: Module attributes refused at run time even though the module itself may be imported (``os`` is common).
 REFUSED_MODULE_ATTRIBUTES: dict[str, frozenset[str]] = {
-    "os": frozenset(
-        {
-            "system",
-            "popen",
-            "fork",
-            "forkpty",
-            "kill",
-            "killpg",
-            "execl",
-            "execle",
-            "execlp",
-            "execlpe",
-            "execv",
-            "execve",
-            "execvp",
-            "execvpe",
-            "spawnl",
-            "spawnle",
-            "spawnlp",
-            "spawnlpe",
-            "spawnv",
-            "spawnve",
-            "spawnvp",
-            "spawnvpe",
-            "posix_spawn",
-            "posix_spawnp",
-            "_exit",
-        }
-    ),
+    "os": frozenset({*OS_PROGRAM_STARTERS, "fork", "forkpty", "kill", "killpg", "_exit"}),
     "sys": frozenset(
         {
             "modules",

@@ -19,32 +19,32 @@ RULES = (
     Rule("SL203", "process-fork", "high", 400, "forks the process through {detail}", FAMILY),
 )
 
-_OS_EXEC = [
-    f"os.{name}"
-    for name in (
-        "system",
-        "popen",
-        "execl",
-        "execle",
-        "execlp",
-        "execlpe",
-        "execv",
-        "execve",
-        "execvp",
-        "execvpe",
-        "spawnl",
-        "spawnle",
-        "spawnlp",
-        "spawnlpe",
-        "spawnv",
-        "spawnve",
-        "spawnvp",
-        "spawnvpe",
-        "posix_spawn",
-        "posix_spawnp",
-        "startfile",
-    )
-]
+#: ``os`` functions that start another program; the static rules and the runtime guards share this list.
+OS_PROGRAM_STARTERS = (
+    "system",
+    "popen",
+    "execl",
+    "execle",
+    "execlp",
+    "execlpe",
+    "execv",
+    "execve",
+    "execvp",
+    "execvpe",
+    "spawnl",
+    "spawnle",
+    "spawnlp",
+    "spawnlpe",
+    "spawnv",
+    "spawnve",
+    "spawnvp",
+    "spawnvpe",
+    "posix_spawn",
+    "posix_spawnp",
+    "startfile",
+)
+
+_OS_EXEC = [f"os.{name}" for name in OS_PROGRAM_STARTERS]
 
 FAMILY_TABLE = Family(
     name=FAMILY,
