@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random model, an isolated safeloader cache, and (in fixtures/) a loopback Hub."""
+"""Shared fixtures: a tiny random DDPM model, a tiny Stable Diffusion, an isolated safeloader cache, and (in fixtures/) a loopback Hub."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from safeloader._demo.tiny_model import build_tiny_model
+from tests.fixtures.tiny_sd import build_tiny_sd
 
 pytest_plugins = ["tests.fixtures.hub_plugin"]
 
@@ -26,6 +27,12 @@ def tiny_model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "model"
     shutil.copytree(tiny_model_dir, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Stable Diffusion pipeline with a real CLIP text encoder and tokenizer (shared, do not modify)."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
 
 
 @pytest.fixture(autouse=True)
