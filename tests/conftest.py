@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random DDPM model, a tiny Stable Diffusion, an isolated safeloader cache, and (in fixtures/) a loopback Hub."""
+"""Shared fixtures: tiny random DDPM and Stable Diffusion models, an isolated cache, and a loopback Hub."""
 
 from __future__ import annotations
 
