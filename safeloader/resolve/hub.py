@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,27 @@ def is_commit(revision: str | None) -> bool:
 def hub_endpoint() -> str:
     """The Hub endpoint, read now (``$HF_ENDPOINT``, else huggingface_hub's default)."""
     return (os.environ.get("HF_ENDPOINT") or hf_constants._HF_DEFAULT_ENDPOINT).rstrip("/")
+
+
+def normalized_endpoint(endpoint: str | None = None) -> str:
+    """``endpoint`` (default: :func:`hub_endpoint`) in one canonical spelling, for cache keys and messages.
+
+    Scheme and host are lower-cased, a default port (80 for http, 443 for https) and trailing slashes are
+    dropped, so that ``HTTPS://Hub.Example/`` and ``https://hub.example:443`` name one endpoint.
+    """
+    raw = (endpoint if endpoint is not None else hub_endpoint()).strip()
+    parts = urllib.parse.urlsplit(raw)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    # User and password in the URL are left out: they are not the endpoint's identity and must not reach the cache.
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def offline_mode() -> bool:
