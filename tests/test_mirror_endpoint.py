@@ -114,7 +114,11 @@ def test_honest_mirror_gets_its_own_entry_and_spellings_of_one_endpoint_share_on
 
 
 def test_model_weights_from_a_lying_mirror_are_refused_by_the_real_hub(
-    loopback_hub: LoopbackHub, lying_mirror: LoopbackHub, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+    loopback_hub: LoopbackHub,
+    lying_mirror: LoopbackHub,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+    tmp_path: Path,
 ) -> None:
     from safeloader.model_source import resolve_model
     from safeloader.policy import load_policy
@@ -126,12 +130,34 @@ def test_model_weights_from_a_lying_mirror_are_refused_by_the_real_hub(
     sha = loopback_hub.create_repo("tiny/ddpm", files)
     lying_mirror.create_repo("tiny/ddpm", forged, forged_sha=sha)
     monkeypatch.setenv("HF_ENDPOINT", lying_mirror.endpoint)
-    from_mirror = resolve_model("tiny/ddpm", revision=sha, policy=load_policy("default"))
+    # A private Hub cache: forged weights under a real commit id must not reach other tests' shared cache.
+    hf_cache = tmp_path / "hf-cache"
+    from_mirror = resolve_model("tiny/ddpm", revision=sha, policy=load_policy("default"), cache_dir=hf_cache)
     assert (from_mirror.directory / weights).read_bytes() == forged[weights]
     monkeypatch.setenv("HF_ENDPOINT", loopback_hub.endpoint)
     with pytest.raises(IntegrityError, match=rf"list different contents for tiny/ddpm@{sha} \({re.escape(weights)}\)"):
-        DiffusionPipeline.from_pretrained("tiny/ddpm", revision=sha)
+        DiffusionPipeline.from_pretrained("tiny/ddpm", revision=sha, cache_dir=str(hf_cache))
     assert loopback_hub.count("GET", "/resolve/") == 0
+
+
+def test_model_file_left_in_the_hub_cache_by_a_mirror_is_downloaded_again(
+    loopback_hub: LoopbackHub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The Hub cache is keyed by repo and commit only: a file there the endpoint contradicts is fetched anew."""
+    from safeloader.model_source import resolve_model
+    from safeloader.policy import load_policy
+
+    files = {p.relative_to(tiny_model_dir).as_posix(): p.read_bytes() for p in tiny_model_dir.rglob("*") if p.is_file()}
+    weights = next(name for name in files if name.endswith(".safetensors"))
+    sha = loopback_hub.create_repo("tiny/ddpm", files)
+    hf_cache = tmp_path / "hf-cache"
+    first = resolve_model("tiny/ddpm", revision=sha, policy=load_policy("default"), cache_dir=hf_cache)
+    cached = (first.directory / weights).resolve()
+    cached.write_bytes(files[weights][:-8] + b"\x00" * 8)  # what a mirror's answer would have left there
+    downloads = loopback_hub.count("GET", weights)
+    again = resolve_model("tiny/ddpm", revision=sha, policy=load_policy("default"), cache_dir=hf_cache)
+    assert (again.directory / weights).read_bytes() == files[weights]
+    assert loopback_hub.count("GET", weights) == downloads + 1
 
 
 @pytest.mark.parametrize(

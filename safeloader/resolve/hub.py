@@ -232,32 +232,38 @@ def fetch_file(
 
     The body is cut off past the listed size, and the stored file must have the listed hash; a file that
     does not is deleted and an :class:`IntegrityError` raised, so nothing unverified is left to be used.
+    The Hub cache is keyed by repo and commit only, not by endpoint: a file found there that this endpoint's
+    listing contradicts (put there through a mirror, or altered) is deleted and downloaded once more.
     """
-    with hub_errors(repo_id, repo_type, commit, remote.path):
-        local = Path(
-            hf_hub_download(
-                repo_id,
-                remote.path,
-                repo_type=repo_type,
-                revision=commit,
-                local_dir=local_dir,
-                cache_dir=cache_dir,
-                endpoint=hub_endpoint(),
-                token=token,
-                etag_timeout=30,
-                tqdm_class=_size_capped_progress(repo_id, remote, commit),
+    for force_download in (False, True):
+        with hub_errors(repo_id, repo_type, commit, remote.path):
+            local = Path(
+                hf_hub_download(
+                    repo_id,
+                    remote.path,
+                    repo_type=repo_type,
+                    revision=commit,
+                    local_dir=local_dir,
+                    cache_dir=cache_dir,
+                    endpoint=hub_endpoint(),
+                    token=token,
+                    etag_timeout=30,
+                    force_download=force_download,
+                    tqdm_class=_size_capped_progress(repo_id, remote, commit),
+                )
             )
-        )
-    if not _matches_listing(local, remote):
+        if _matches_listing(local, remote):
+            return local
         # In the Hub cache the snapshot entry is a link to a blob: remove both, or the next run would reuse it.
         for stale in {local.resolve(), local}:
             with contextlib.suppress(OSError):
                 stale.unlink()
-        raise IntegrityError(
-            f"{remote.path} downloaded from {repo_id}@{commit} does not match the hash the Hub lists for it; "
-            "nothing was stored — retry, and report the mirror if it persists."
-        )
-    return local
+        if local_dir is not None:
+            break  # a fresh private folder: the bytes came from this endpoint just now
+    raise IntegrityError(
+        f"{remote.path} downloaded from {repo_id}@{commit} does not match the hash the Hub lists for it; "
+        "nothing was stored — retry, and report the mirror if it persists."
+    )
 
 
 def download_file(
