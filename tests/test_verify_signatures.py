@@ -174,3 +174,16 @@ def test_forged_signature_is_refused_even_when_not_required(
         DiffusionPipeline.from_pretrained(
             str(tiny_model_dir), custom_pipeline="org/pipe", custom_revision=bad, trust_remote_code=True
         )
+
+
+def test_signatures_of_other_entries_leave_this_one_unsigned(
+    loopback_hub: LoopbackHub, signer: tuple[Path, str]
+) -> None:
+    """A community folder's signature file may sign only some of its pipelines: the others are unsigned, not stale."""
+    sha = signed_repo(loopback_hub, signer[0])
+    signature = loopback_hub._repos[("model", "org/pipe")].commits[sha][SIGNATURE_FILE]
+    other = loopback_hub.commit(
+        "org/pipe", {"pipeline.py": b"X = 1\n", SIGNATURE_FILE: signature.replace(b'"pipeline.py"', b'"other.py"', 1)}
+    )
+    manifest = resolve_pipeline("org/pipe", revision=other, policy=load_policy("default"))
+    assert "signature_warning" not in manifest.notes and "signature_key" not in manifest.notes

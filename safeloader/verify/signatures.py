@@ -222,16 +222,20 @@ def verify_signatures(manifest: Manifest, data: bytes, trusted: Iterable[str]) -
 def check_self_consistent(manifest: Manifest, data: bytes) -> str | None:
     """Check a signature file no policy key vouches for: what can be checked without trusting anyone.
 
-    Returns why the file cannot vouch for this code (unparsable, or no record over these files), or ``None``.
-    Raises :class:`~safeloader.errors.SignatureError` when a record over exactly this code does not verify
-    under the key it names: that is a forgery or tampering, never a harmless accident.
+    Returns why the file cannot vouch for this code (unparsable, or records for this entry over other files),
+    or ``None`` (also when it only signs other entries, e.g. other pipelines of a community folder: this one
+    is then simply unsigned). Raises :class:`~safeloader.errors.SignatureError` when a record over exactly
+    this code does not verify under the key it names: that is a forgery or tampering, never an accident.
     """
     try:
         records = parse_signature_file(data)
     except SignatureError as exc:
         return str(exc)
     expected = signed_fields(manifest)
-    matching = [r for r in records if r["signed"] == expected]
+    for_entry = [r for r in records if r["signed"].get("entry") == expected["entry"]]
+    if not for_entry:
+        return None
+    matching = [r for r in for_entry if r["signed"] == expected]
     if not matching:
         return f"{SIGNATURE_FILE} holds no signature over this code (files or entry differ): it changed after signing"
     for record in matching:
