@@ -34,6 +34,7 @@ from safeloader.errors import SafeLoaderError  # noqa: E402
 from safeloader.resolve.manifest import Manifest  # noqa: E402
 from safeloader.verify.signatures import (  # noqa: E402
     add_signature,
+    check_self_consistent,
     key_id,
     load_private_key,
     load_trusted_key,
@@ -81,6 +82,8 @@ def parse_one(data: bytes) -> None:
     for manifest in (HUB, LOCAL):
         with contextlib.suppress(SafeLoaderError):
             verify_signatures(manifest, data, TRUSTED)
+        with contextlib.suppress(SafeLoaderError):  # the check made when no key is trusted: a str or None
+            assert isinstance(check_self_consistent(manifest, data), (str, type(None)))
     try:
         records = parse_signature_file(data)
     except SafeLoaderError:

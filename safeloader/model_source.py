@@ -146,8 +146,8 @@ def _download_hub_model(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from safeloader.resolve import resolve_commit
-    from safeloader.resolve.hub import fetch_file, list_files, offline_mode, translate_hub_errors
+    from safeloader.resolve import list_files_checked, resolve_commit
+    from safeloader.resolve.hub import fetch_file, offline_mode, translate_hub_errors
 
     cache = None if cache_dir is None else Path(cache_dir)
     if local_files_only or offline_mode():
@@ -165,9 +165,10 @@ def _download_hub_model(
         files = _list_files(folder)
     else:
         # Resolve the branch or tag once; every file is then fetched at that exact commit, cut off past
-        # the size the tree listing gives and checked against the hash it gives.
+        # the size the tree listing gives and checked against the hash it gives; the listing itself must agree
+        # with what any other endpoint (a mirror) said about this commit before.
         commit = resolve_commit(repo_id, revision, token=token)
-        remote = list_files(repo_id, commit, repo_type="model", token=token)
+        remote = list_files_checked(repo_id, commit, repo_type="model", token=token)
         files = tuple(sorted(remote))
         if "model_index.json" not in remote:
             raise EntryFileNotFoundError(

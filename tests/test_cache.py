@@ -158,7 +158,7 @@ def test_swapped_manifest_is_refused(loopback_hub: LoopbackHub, isolated_safeloa
     paths = sorted((isolated_safeloader_cache / "manifests" / "hub").glob("*.json"))
     by_commit = {json.loads(p.read_text())["commit"]: p for p in paths}
     by_commit[first].write_bytes(by_commit[second].read_bytes())
-    with pytest.raises(IntegrityError, match="describes"):
+    with pytest.raises(IntegrityError, match="MAC is missing or wrong"):
         resolve_pipeline("org/pipe", revision=first, policy=load_policy("default"))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,56 @@ def test_unknown_key_tolerated_when_signature_optional(
     optional = with_overrides(load_policy("default"), sources={"trusted_keys": (other_key,)})
     manifest = resolve_pipeline("org/pipe", revision=sha, policy=optional)
     assert "signature_key" not in manifest.notes
+
+
+def test_malformed_signature_is_reported_when_not_required(
+    loopback_hub: LoopbackHub, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    sha = loopback_hub.create_repo("org/pipe", {**CODE, SIGNATURE_FILE: b"{]"})
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="safeloader"):
+        assert main(["fetch", "org/pipe", "--revision", sha]) == 0
+    out = capsys.readouterr().out
+    assert f"note: signature_warning: {SIGNATURE_FILE} of org/pipe cannot vouch for this code" in out
+    assert "not UTF-8 JSON" in out and "not UTF-8 JSON" in caplog.text
+    assert main(["audit", "org/pipe", "--revision", sha, "--format", "json"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)["reports"]
+    assert any(note.startswith("signature warning: ") and "not UTF-8 JSON" in note for note in report["notes"])
+
+
+def test_stale_signature_is_reported_when_not_required(loopback_hub: LoopbackHub, signer: tuple[Path, str]) -> None:
+    sha = signed_repo(loopback_hub, signer[0])
+    signature = loopback_hub._repos[("model", "org/pipe")].commits[sha][SIGNATURE_FILE]
+    changed = loopback_hub.commit("org/pipe", {**CODE, "helpers.py": b"import os\n", SIGNATURE_FILE: signature})
+    manifest = resolve_pipeline("org/pipe", revision=changed, policy=load_policy("default"))
+    assert "no signature over this code" in manifest.notes["signature_warning"]
+
+
+def test_forged_signature_is_refused_even_when_not_required(
+    loopback_hub: LoopbackHub, signer: tuple[Path, str], tiny_model_dir: Path
+) -> None:
+    from safeloader import DiffusionPipeline
+
+    sha = signed_repo(loopback_hub, signer[0])
+    body = json.loads(loopback_hub._repos[("model", "org/pipe")].commits[sha][SIGNATURE_FILE])
+    forged = bytearray(base64.b64decode(body["signatures"][0]["signature"]))
+    forged[0] ^= 1
+    body["signatures"][0]["signature"] = base64.b64encode(bytes(forged)).decode()
+    bad = loopback_hub.commit("org/pipe", {**CODE, SIGNATURE_FILE: json.dumps(body).encode()})
+    with pytest.raises(SignatureError, match="does not verify"):
+        DiffusionPipeline.from_pretrained(
+            str(tiny_model_dir), custom_pipeline="org/pipe", custom_revision=bad, trust_remote_code=True
+        )
+
+
+def test_signatures_of_other_entries_leave_this_one_unsigned(
+    loopback_hub: LoopbackHub, signer: tuple[Path, str]
+) -> None:
+    """A community folder's signature file may sign only some of its pipelines: the others are unsigned, not stale."""
+    sha = signed_repo(loopback_hub, signer[0])
+    signature = loopback_hub._repos[("model", "org/pipe")].commits[sha][SIGNATURE_FILE]
+    other = loopback_hub.commit(
+        "org/pipe", {"pipeline.py": b"X = 1\n", SIGNATURE_FILE: signature.replace(b'"pipeline.py"', b'"other.py"', 1)}
+    )
+    manifest = resolve_pipeline("org/pipe", revision=other, policy=load_policy("default"))
+    assert "signature_warning" not in manifest.notes and "signature_key" not in manifest.notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import gc
 import hashlib
 import re
@@ -186,7 +187,14 @@ def audit_manifest(manifest: Manifest, policy: Policy) -> AuditReport:
     files = manifest.read_all_verified()
     label = f"{manifest.source_id}@{manifest.commit}" if manifest.commit else manifest.source_id
     base = manifest.repo if manifest.source in ("local_dir", "local_file") else ""
-    return audit_sources(files, policy, entry=manifest.entry, label=label, base=base)
+    report = audit_sources(files, policy, entry=manifest.entry, label=label, base=base)
+    # What verification let through with a warning (a malformed signature, an unpinned revision) belongs in the report.
+    warnings = tuple(
+        f"{key.replace('_', ' ')}: {manifest.notes[key]}"
+        for key in ("signature_warning", "unpinned_warning")
+        if key in manifest.notes
+    )
+    return dataclasses.replace(report, notes=(*report.notes, *warnings)) if warnings else report
 
 
 def audit_path(path: Path, policy: Policy) -> AuditReport:

@@ -42,6 +42,7 @@ def manifest_summary(manifest: Manifest) -> dict[str, Any]:
         "files": dict(sorted(manifest.files.items())),
         "source_id": manifest.source_id,
         "repo_type": manifest.repo_type,
+        "endpoint": manifest.endpoint,
         "subfolder": manifest.subfolder,
         "requested_revision": manifest.requested_revision,
         "pinned": manifest.pinned,
@@ -58,6 +59,8 @@ def render_text(manifest: Manifest) -> str:
         f"source:   {manifest.source} {manifest.source_id}",
         f"repo:     {manifest.repo}" + (f" ({manifest.repo_type})" if manifest.repo_type else ""),
     ]
+    if manifest.endpoint:
+        lines.append(f"endpoint: {manifest.endpoint}")
     if manifest.subfolder:
         lines.append(f"folder:   {manifest.subfolder}")
     lines.append(f"commit:   {manifest.commit or '(local files)'}")

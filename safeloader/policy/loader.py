@@ -263,11 +263,26 @@ def policy_from_mapping(data: Mapping[str, Any], *, origin: str = "<mapping>") -
     return _build(body, (origin,), fallback_name=origin)
 
 
+def _is_hub_id(source_id: str) -> bool:
+    return not source_id.startswith(("community:", "local:"))
+
+
+def _source_matches(source_id: str, pattern: str) -> bool:
+    """fnmatch, case-insensitive for Hub repo ids: the Hub treats ``ACME/X`` and ``acme/x`` as one repo."""
+    if _is_hub_id(source_id):
+        return fnmatch.fnmatchcase(source_id.lower(), pattern.lower())
+    return fnmatch.fnmatchcase(source_id, pattern)
+
+
 def source_allowed(policy: Policy, source_id: str) -> bool:
-    """Whether ``source_id`` (``org/name``, ``community:name``, ``local:/path``) passes ``[sources]``."""
-    if any(fnmatch.fnmatchcase(source_id, pattern) for pattern in policy.sources.deny):
+    """Whether ``source_id`` (``org/name``, ``community:name``, ``local:/path``) passes ``[sources]``.
+
+    Hub repo ids match case-insensitively (so ``deny = ["acme/experimental-*"]`` also stops
+    ``ACME/Experimental-x``); community names and local paths are case-sensitive, like the files they name.
+    """
+    if any(_source_matches(source_id, pattern) for pattern in policy.sources.deny):
         return False
-    return any(fnmatch.fnmatchcase(source_id, pattern) for pattern in policy.sources.allow)
+    return any(_source_matches(source_id, pattern) for pattern in policy.sources.allow)
 
 
 def with_overrides(policy: Policy, **sections: Mapping[str, Any]) -> Policy:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,27 @@ def is_commit(revision: str | None) -> bool:
 def hub_endpoint() -> str:
     """The Hub endpoint, read now (``$HF_ENDPOINT``, else huggingface_hub's default)."""
     return (os.environ.get("HF_ENDPOINT") or hf_constants._HF_DEFAULT_ENDPOINT).rstrip("/")
+
+
+def normalized_endpoint(endpoint: str | None = None) -> str:
+    """``endpoint`` (default: :func:`hub_endpoint`) in one canonical spelling, for cache keys and messages.
+
+    Scheme and host are lower-cased, a default port (80 for http, 443 for https) and trailing slashes are
+    dropped, so that ``HTTPS://Hub.Example/`` and ``https://hub.example:443`` name one endpoint.
+    """
+    raw = (endpoint if endpoint is not None else hub_endpoint()).strip()
+    parts = urllib.parse.urlsplit(raw)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    # User and password in the URL are left out: they are not the endpoint's identity and must not reach the cache.
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def offline_mode() -> bool:
@@ -210,32 +232,38 @@ def fetch_file(
 
     The body is cut off past the listed size, and the stored file must have the listed hash; a file that
     does not is deleted and an :class:`IntegrityError` raised, so nothing unverified is left to be used.
+    The Hub cache is keyed by repo and commit only, not by endpoint: a file found there that this endpoint's
+    listing contradicts (put there through a mirror, or altered) is deleted and downloaded once more.
     """
-    with hub_errors(repo_id, repo_type, commit, remote.path):
-        local = Path(
-            hf_hub_download(
-                repo_id,
-                remote.path,
-                repo_type=repo_type,
-                revision=commit,
-                local_dir=local_dir,
-                cache_dir=cache_dir,
-                endpoint=hub_endpoint(),
-                token=token,
-                etag_timeout=30,
-                tqdm_class=_size_capped_progress(repo_id, remote, commit),
+    for force_download in (False, True):
+        with hub_errors(repo_id, repo_type, commit, remote.path):
+            local = Path(
+                hf_hub_download(
+                    repo_id,
+                    remote.path,
+                    repo_type=repo_type,
+                    revision=commit,
+                    local_dir=local_dir,
+                    cache_dir=cache_dir,
+                    endpoint=hub_endpoint(),
+                    token=token,
+                    etag_timeout=30,
+                    force_download=force_download,
+                    tqdm_class=_size_capped_progress(repo_id, remote, commit),
+                )
             )
-        )
-    if not _matches_listing(local, remote):
+        if _matches_listing(local, remote):
+            return local
         # In the Hub cache the snapshot entry is a link to a blob: remove both, or the next run would reuse it.
         for stale in {local.resolve(), local}:
             with contextlib.suppress(OSError):
                 stale.unlink()
-        raise IntegrityError(
-            f"{remote.path} downloaded from {repo_id}@{commit} does not match the hash the Hub lists for it; "
-            "nothing was stored — retry, and report the mirror if it persists."
-        )
-    return local
+        if local_dir is not None:
+            break  # a fresh private folder: the bytes came from this endpoint just now
+    raise IntegrityError(
+        f"{remote.path} downloaded from {repo_id}@{commit} does not match the hash the Hub lists for it; "
+        "nothing was stored — retry, and report the mirror if it persists."
+    )
 
 
 def download_file(

@@ -62,6 +62,8 @@ class Manifest:
     subfolder: str = ""
     #: sha256 of the ``safeloader.sig`` file fetched at ``commit`` (its bytes live in the blob store).
     signature_sha256: str | None = None
+    #: The normalized Hub endpoint the files came from (``None`` for local sources); cache entries are bound to it.
+    endpoint: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -121,6 +123,7 @@ class Manifest:
             "notes": dict(self.notes),
             "subfolder": self.subfolder,
             "signature_sha256": self.signature_sha256,
+            "endpoint": self.endpoint,
         }
 
     @classmethod
@@ -133,12 +136,14 @@ class Manifest:
             files = data["files"]
             notes = data.get("notes", {})
             signature = data.get("signature_sha256")
+            endpoint = data.get("endpoint")
             well_formed = (
                 isinstance(files, dict)
                 and all(isinstance(k, str) and _is_sha256(v) and _is_plain_relpath(k) for k, v in files.items())
                 and isinstance(notes, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in notes.items())
                 and (signature is None or _is_sha256(signature))
+                and (endpoint is None or isinstance(endpoint, str))
                 and all(isinstance(data[key], str) for key in ("source", "source_id", "repo", "entry", "fetched_at"))
                 and data["entry"] in files
             )
@@ -158,6 +163,7 @@ class Manifest:
                 notes=data.get("notes", {}),
                 subfolder=data.get("subfolder", ""),
                 signature_sha256=data.get("signature_sha256"),
+                endpoint=endpoint,
             )
         except (KeyError, TypeError) as exc:
             raise IntegrityError(f"manifest is malformed ({exc!r}); delete the cache entry and fetch again.") from exc

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safeloader.errors import (
     DownloadError,
@@ -25,13 +26,16 @@ from safeloader.errors import (
 from safeloader.policy import Policy, source_allowed
 from safeloader.resolve.cache import Cache, entry_key
 from safeloader.resolve.hub import (
+    RemoteFile,
     download_file,
     is_commit,
     list_files,
+    normalized_endpoint,
     offline_mode,
     private_workdir,
     resolve_commit,
 )
+from safeloader.resolve.identity import file_source_id
 from safeloader.resolve.imports import check_relpath, collect_closure
 from safeloader.resolve.manifest import Manifest
 from safeloader.resolve.spec import (
@@ -42,6 +46,9 @@ from safeloader.resolve.spec import (
     local_target,
     model_repo_target,
 )
+
+if TYPE_CHECKING:
+    from safeloader.verify.verifier import VerificationResult
 
 logger = logging.getLogger("safeloader")
 SIGNATURE_FILE = "safeloader.sig"
@@ -57,6 +64,34 @@ def _check_source(policy: Policy, source_id: str) -> None:
             f"policy {policy.name!r} does not allow source {source_id!r}; "
             "add it to [sources] allow (and remove it from deny) or choose another pipeline."
         )
+
+
+def check_file_source(policy: Policy, entry_source_id: str, file_source: str, relpath: str) -> None:
+    """Refuse a file of the import closure whose own source id the policy does not allow."""
+    if file_source != entry_source_id and not source_allowed(policy, file_source):
+        raise SourceDenied(
+            f"policy {policy.name!r} does not allow source {file_source!r}, which {entry_source_id} imports "
+            f"({relpath}); remove that import from the pipeline or allow {file_source!r} in [sources]."
+        )
+
+
+def list_files_checked(
+    repo_id: str, commit: str, *, repo_type: str, token: str | bool | None, cache: Cache | None = None
+) -> dict[str, RemoteFile]:
+    """The endpoint's file list for ``repo_id@commit``, refused if it contradicts another endpoint's.
+
+    Every answer is recorded in the cache (see :meth:`Cache.check_listing`): a mirror that serves other files
+    under a real commit id is caught when it, or the real Hub after it, answers for that commit.
+    """
+    listing = list_files(repo_id, commit, repo_type=repo_type, token=token)
+    (cache or Cache()).check_listing(
+        repo=repo_id,
+        repo_type=repo_type,
+        commit=commit,
+        endpoint=normalized_endpoint(),
+        files={path: (remote.git_oid, remote.lfs_sha256) for path, remote in listing.items()},
+    )
+    return listing
 
 
 # --- local pipelines --------------------------------------------------------------------------
@@ -79,17 +114,22 @@ def _resolve_local(target: LocalTarget, policy: Policy, cache: Cache, extra_entr
     def exists(relpath: str) -> bool:
         return inside(relpath).is_file()
 
-    def read(relpath: str) -> bytes:
+    def read_bytes(relpath: str) -> bytes:
         try:
             return inside(relpath).read_bytes()
         except OSError as exc:
             raise EntryFileNotFoundError(f"cannot read {root / relpath} ({exc.strerror}); check the file.") from exc
 
+    def read(relpath: str) -> bytes:
+        own_id = file_source_id(target.kind, target.source_id, str(root), relpath)
+        check_file_source(policy, target.source_id, own_id, relpath)
+        return read_bytes(relpath)
+
     files = collect_closure(target.entry, read, exists)
     for entry in extra_entries:
         files.update(collect_closure(entry, read, exists))
     digests = {rel: cache.store_blob(data) for rel, data in files.items()}
-    signature = cache.store_blob(read(SIGNATURE_FILE)) if exists(SIGNATURE_FILE) else None
+    signature = cache.store_blob(read_bytes(SIGNATURE_FILE)) if exists(SIGNATURE_FILE) else None
     return Manifest(
         source=target.kind,
         source_id=target.source_id,
@@ -124,7 +164,7 @@ def _commit_for(
         if not offline:
             return resolve_commit(repo, revision, repo_type=repo_type, token=token)
         return revision
-    ref_key = entry_key("ref", kind, repo_type, repo, revision or "main")
+    ref_key = entry_key("ref", normalized_endpoint(), kind, repo_type, repo, revision or "main")
     if offline:
         cached = cache.load_ref(ref_key)
         if cached is None:
@@ -151,17 +191,21 @@ def _fetch_remote(
     token: str | bool | None,
     offline: bool,
     cache: Cache,
+    policy: Policy,
 ) -> Manifest:
-    """Return the cached manifest for ``repo@commit`` or download it once (under the entry lock)."""
+    """Return the cached manifest for ``repo@commit`` from this endpoint or download it once (under the entry lock)."""
     for entry in entries:
         check_relpath(entry, what="entry file")
-    key = entry_key(kind, repo_type, repo, subfolder, commit, *entries)
+    endpoint = normalized_endpoint()
+    key = entry_key(endpoint, kind, repo_type, repo, subfolder, commit, *entries)
     with cache.lock(key):
         cached = cache.load_manifest(kind, key)
         if cached is not None:
-            if (cached.repo, cached.commit, cached.subfolder, cached.entry) != (repo, commit, subfolder, entries[0]):
+            described = (cached.endpoint, cached.repo, cached.commit, cached.subfolder, cached.entry)
+            if described != (endpoint, repo, commit, subfolder, entries[0]):
                 raise IntegrityError(
-                    f"cached manifest for {source_id}@{commit} describes {cached.repo}@{cached.commit} instead; "
+                    f"cached manifest for {source_id}@{commit} from {endpoint} describes "
+                    f"{cached.repo}@{cached.commit} from {cached.endpoint} instead; "
                     "the cache was modified — delete it and fetch again."
                 )
             return cached
@@ -170,7 +214,7 @@ def _fetch_remote(
                 f"{source_id} at commit {commit} is not in the safeloader cache and the Hub may not be contacted; "
                 "fetch it once online (`safeloader fetch`) or unset HF_HUB_OFFLINE."
             )
-        listing = list_files(repo, commit, repo_type=repo_type, token=token)
+        listing = list_files_checked(repo, commit, repo_type=repo_type, token=token, cache=cache)
         prefix = f"{subfolder}/" if subfolder else ""
         for remote_path in listing:
             if remote_path.startswith(prefix):
@@ -182,6 +226,8 @@ def _fetch_remote(
                 return prefix + relpath in listing
 
             def read(relpath: str) -> bytes:
+                # A file of another publisher (a community sibling) is refused before it is even downloaded.
+                check_file_source(policy, source_id, file_source_id(kind, source_id, repo, relpath), relpath)
                 remote = listing.get(prefix + relpath)
                 if remote is None:
                     raise EntryFileNotFoundError(
@@ -193,7 +239,13 @@ def _fetch_remote(
             files: dict[str, bytes] = {}
             for entry in entries:
                 files.update(collect_closure(entry, read, exists))
-            signature_bytes = read(SIGNATURE_FILE) if exists(SIGNATURE_FILE) else None
+            signature_bytes = (
+                download_file(
+                    repo, listing[prefix + SIGNATURE_FILE], commit, repo_type=repo_type, token=token, workdir=workdir
+                )
+                if exists(SIGNATURE_FILE)
+                else None
+            )
         # Bytes enter the blob store only after every download succeeded and matched the Hub's ids.
         digests = {rel: cache.store_blob(data) for rel, data in files.items()}
         signature = cache.store_blob(signature_bytes) if signature_bytes is not None else None
@@ -210,6 +262,7 @@ def _fetch_remote(
             blob_root=cache.blob_root,
             subfolder=subfolder,
             signature_sha256=signature,
+            endpoint=endpoint,
         )
         manifest.read_all_verified()
         cache.save_manifest(manifest, key)
@@ -247,6 +300,7 @@ def _resolve_remote(
         token=token,
         offline=offline,
         cache=cache,
+        policy=policy,
     )
     notes = dict(manifest.notes)
     notes.pop("unpinned_warning", None)
@@ -261,6 +315,15 @@ def _resolve_remote(
 # --- public API -------------------------------------------------------------------------------
 
 
+def _with_verification_notes(manifest: Manifest, result: VerificationResult) -> dict[str, str]:
+    notes = dict(manifest.notes)
+    if result.signature_key is not None:
+        notes["signature_key"] = result.signature_key
+    if result.signature_warning is not None:
+        notes["signature_warning"] = result.signature_warning
+    return notes
+
+
 def _model_repo_has(
     model_repo: str, model_revision: str | None, name: str, *, token: str | bool | None, offline: bool, cache: Cache
 ) -> str | None:
@@ -269,9 +332,9 @@ def _model_repo_has(
         return None
     commit = _commit_for("model_repo", model_repo, "model", model_revision, token=token, offline=offline, cache=cache)
     if offline:
-        key = entry_key("model_repo", "model", model_repo, "", commit, f"{name}.py")
+        key = entry_key(normalized_endpoint(), "model_repo", "model", model_repo, "", commit, f"{name}.py")
         return commit if cache.manifest_path("model_repo", key).is_file() else None
-    listing = list_files(model_repo, commit, repo_type="model", token=token)
+    listing = list_files_checked(model_repo, commit, repo_type="model", token=token, cache=cache)
     return commit if f"{name}.py" in listing else None
 
 
@@ -324,9 +387,7 @@ def resolve_pipeline(
         manifest = _resolve_remote(target, [target.entry], policy, token=token, offline=offline, cache=cache)
 
     result = verify_manifest(manifest, policy, lockfile=lockfile, spec=spec_str)
-    notes = dict(manifest.notes)
-    if result.signature_key is not None:
-        notes["signature_key"] = result.signature_key
+    notes = _with_verification_notes(manifest, result)
     if result.lockfile_matched:
         notes["lockfile"] = str(lockfile)
     return dataclasses.replace(manifest, notes=notes)
@@ -362,9 +423,7 @@ def resolve_repo_files(
         target, list(entries), policy, token=token, offline=local_files_only or offline_mode(), cache=Cache()
     )
     result = verify_manifest(manifest, policy)
-    if result.signature_key is not None:
-        manifest = dataclasses.replace(manifest, notes={**manifest.notes, "signature_key": result.signature_key})
-    return manifest
+    return dataclasses.replace(manifest, notes=_with_verification_notes(manifest, result))
 
 
 def resolve_local_files(directory: str | os.PathLike[str], entries: Sequence[str], *, policy: Policy) -> Manifest:
@@ -381,5 +440,5 @@ def resolve_local_files(directory: str | os.PathLike[str], entries: Sequence[str
     for entry in entries:
         check_relpath(entry, what="code file")
     manifest = _resolve_local(LocalTarget("local_dir", root, entries[0]), policy, Cache(), entries[1:])
-    verify_manifest(manifest, policy)
-    return manifest
+    result = verify_manifest(manifest, policy)
+    return dataclasses.replace(manifest, notes=_with_verification_notes(manifest, result))

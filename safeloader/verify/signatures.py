@@ -217,3 +217,37 @@ def verify_signatures(manifest: Manifest, data: bytes, trusted: Iterable[str]) -
         f"{manifest.source_id} is signed only by {', '.join(untrusted)}, which the policy does not trust; "
         "add the key to [sources] trusted_keys if you trust its owner."
     )
+
+
+def check_self_consistent(manifest: Manifest, data: bytes) -> str | None:
+    """Check a signature file no policy key vouches for: what can be checked without trusting anyone.
+
+    Returns why the file cannot vouch for this code (unparsable, or records for this entry over other files),
+    or ``None`` (also when it only signs other entries, e.g. other pipelines of a community folder: this one
+    is then simply unsigned). Raises :class:`~safeloader.errors.SignatureError` when a record over exactly
+    this code does not verify under the key it names: that is a forgery or tampering, never an accident.
+    """
+    try:
+        records = parse_signature_file(data)
+    except SignatureError as exc:
+        return str(exc)
+    expected = signed_fields(manifest)
+    for_entry = [r for r in records if r["signed"].get("entry") == expected["entry"]]
+    if not for_entry:
+        return None
+    matching = [r for r in for_entry if r["signed"] == expected]
+    if not matching:
+        return f"{SIGNATURE_FILE} holds no signature over this code (files or entry differ): it changed after signing"
+    for record in matching:
+        try:
+            public_key = public_key_from_id(record["key_id"])
+        except SignatureError as exc:
+            return str(exc)
+        try:
+            public_key.verify(base64.b64decode(record["signature"], validate=True), canonical(expected))
+        except (binascii.Error, ValueError, InvalidSignature) as exc:
+            raise SignatureError(
+                f"the signature by {record['key_id']} on {manifest.source_id} does not verify; "
+                "the code or the signature was altered — do not load it."
+            ) from exc
+    return None
