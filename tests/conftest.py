@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import pytest
 
 from safeloader._demo.tiny_model import build_tiny_model
 from tests.fixtures.tiny_sd import build_tiny_sd
+
+# Set before anything imports huggingface_hub, which reads these once (nothing above imports it): the suite
+# never reads or writes the user's Hugging Face cache, token or modules, and two runs share nothing.
+_TEST_HF_HOME = tempfile.mkdtemp(prefix="safeloader-tests-hf-")
+os.environ["HF_HOME"] = _TEST_HF_HOME
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HF_TOKEN", None)
 
 pytest_plugins = ["tests.fixtures.hub_plugin"]
 
@@ -64,3 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests must never reach a real Hub: a loopback endpoint is set per test by the hub fixture.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_TEST_HF_HOME, ignore_errors=True)
