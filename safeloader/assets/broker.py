@@ -12,6 +12,7 @@ protocol violation.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,14 @@ class Broker:
         self._listings: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._folders: dict[tuple[str, str, str | None], Path] = {}
 
-    def access_with(self, token: object) -> HubAccess:
-        """The session's Hub access, with an explicit ``token=`` of this call taking precedence."""
-        if isinstance(token, str | bool):
-            return HubAccess(
-                token=token, cache_dir=self.access.cache_dir, local_files_only=self.access.local_files_only
-            )
-        return self.access
+    def access_with(self, token: object, cache_dir: object = None, local_files_only: object = None) -> HubAccess:
+        """The session's Hub access; this call's own ``token``, ``cache_dir``, ``local_files_only`` take precedence."""
+        access = self.access
+        return HubAccess(
+            token=token if isinstance(token, str | bool) else access.token,
+            cache_dir=Path(cache_dir) if isinstance(cache_dir, str | os.PathLike) else access.cache_dir,
+            local_files_only=local_files_only if isinstance(local_files_only, bool) else access.local_files_only,
+        )
 
     # resolution ---------------------------------------------------------------------------------------
     def _offline(self) -> bool:

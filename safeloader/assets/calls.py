@@ -103,7 +103,11 @@ class AssetCall:
         assert self.spec is not None
         spec = self.spec
         policy = self.session.policy
-        access = _broker.broker_for(self.session).access_with(arguments.kwargs.get(spec.hub_token))
+        access = _broker.broker_for(self.session).access_with(
+            arguments.kwargs.get(spec.hub_token),
+            arguments.kwargs.get("cache_dir"),
+            arguments.kwargs.get("local_files_only"),
+        )
         revision = arguments.kwargs.get("revision")
         weight_names = arguments.get(*spec.weight_name)[1] if spec.weight_name else None
         subfolders = arguments.get(*spec.subfolder)[1] if spec.subfolder else None
