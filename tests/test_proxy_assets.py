@@ -27,11 +27,12 @@ from safeloader.errors import (
     AssetFormatRefused,
     OutputRefused,
     PickleWeightsRefused,
+    PolicyError,
     RemoteError,
     SourceDenied,
     UnpinnedRevisionError,
 )
-from safeloader.policy.loader import with_overrides
+from safeloader.policy.loader import policy_from_mapping, with_overrides
 from safeloader.policy.schema import Policy, SourcesPolicy
 from safeloader.proxy import RemotePipeline, load_remote_pipeline
 from tests.fixtures.hub_server import LoopbackHub
@@ -57,6 +58,12 @@ class AssetPipeline(StableDiffusionPipeline):
     def read_hub_file(self, repo, filename, revision=None):
         with open(hf_hub_download(repo, filename, revision=revision), "rb") as handle:
             return handle.read()
+
+    def write_report(self, text, output_dir=None):
+        os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
+        with open(os.path.join(output_dir, "logs", "report.txt"), "w") as handle:
+            handle.write(text)
+        return len(text)
 
     def set_hostile(self, mode):
         self.hostile = mode
@@ -414,3 +421,20 @@ def test_from_single_file_reads_a_private_checkpoint_and_a_config_folder(
     with torch.no_grad():
         expected = local_unet(sample, 10, encoder_hidden_states=states).sample
     torch.testing.assert_close(remote_unet(sample, 10, encoder_hidden_states=states).sample, expected, rtol=0, atol=0)
+
+
+def test_output_dir_of_any_call_is_copied_back(remote: RemotePipeline, tmp_path: Path) -> None:
+    assert remote.write_report("seen by the worker", output_dir=str(tmp_path / "run")) == 18
+    report = tmp_path / "run" / "logs" / "report.txt"
+    assert report.read_text() == "seen by the worker" and report.stat().st_uid == os.getuid()
+
+
+def test_pickle_assets_cross_only_under_allow_pickle(assets: dict[str, Path]) -> None:
+    allowed = with_overrides(POLICY, weights={"allow_pickle": True})
+    selection = Selection("weights", weight_name="pytorch_lora_weights.bin")
+    resolved = resolve_argument(assets["lora_pickle"], selection, allowed, HubAccess(), revision=None)
+    assert list(resolved.files) == ["pytorch_lora_weights.bin"]
+    with pytest.raises(PickleWeightsRefused):
+        resolve_argument(assets["lora_pickle"], selection, POLICY, HubAccess(), revision=None)
+    with pytest.raises(PolicyError, match="max_output_mb"):
+        policy_from_mapping({"sandbox": {"max_output_mb": 0}})
