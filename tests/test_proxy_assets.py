@@ -21,7 +21,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
-from safeloader.assets.broker import Broker
+from safeloader.assets.broker import Broker, broker_for
 from safeloader.assets.resolve import HubAccess, Selection, resolve_argument, select
 from safeloader.errors import (
     AssetFormatRefused,
@@ -34,7 +34,7 @@ from safeloader.errors import (
 )
 from safeloader.policy.loader import policy_from_mapping, with_overrides
 from safeloader.policy.schema import Policy, SourcesPolicy
-from safeloader.proxy import RemotePipeline, load_remote_pipeline
+from safeloader.proxy import RemotePipeline, WorkerSession
 from tests.fixtures.hub_server import LoopbackHub
 from tests.fixtures.tiny_sd import PROMPT
 
@@ -49,6 +49,14 @@ from transformers import CLIPTextModel
 
 class AssetPipeline(StableDiffusionPipeline):
     hostile = None
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
+                 image_encoder=None, requires_safety_checker=True):
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
+                         image_encoder=image_encoder, requires_safety_checker=requires_safety_checker)
+        # A download while the pipeline is built: served by the caller's broker during the load.
+        with open(hf_hub_download("org/init-notes", "notes.txt"), "rb") as handle:
+            self.notes = handle.read().decode()
 
     def encode_with(self, repo, revision=None):
         encoder = CLIPTextModel.from_pretrained(repo, subfolder="text_encoder", revision=revision)
@@ -170,16 +178,26 @@ POLICY = with_overrides(Policy(sources=SourcesPolicy(deny=("evil/*",))), sandbox
 
 
 @pytest.fixture(scope="module")
-def remote(tiny_sd_dir: Path) -> Iterator[RemotePipeline]:
+def init_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackHub]:
+    """A loopback Hub for the whole module: the pipeline's __init__ downloads from it while it loads."""
+    hub = LoopbackHub().start()
+    hub.create_repo("org/init-notes", {"notes.txt": b"notes fetched while loading"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_ENDPOINT", hub.endpoint)
+        patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("init-hf-home")))
+        yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def remote(
+    tiny_sd_dir: Path, init_hub: LoopbackHub, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RemotePipeline]:
     code = {"pipeline.py": ASSET_PIPELINE}
-    pipe = load_remote_pipeline(
-        POLICY,
-        model_dir=tiny_sd_dir,
-        code=code,
-        code_hashes=hashed(code),
-        entry="pipeline.py",
-        from_pretrained_kwargs={},
-    )
+    session = WorkerSession.start(POLICY, model_dir=tiny_sd_dir)
+    # The caller's Hub cache for this module (huggingface_hub reads HF_HUB_CACHE only once, at import).
+    broker_for(session).access = HubAccess(cache_dir=tmp_path_factory.mktemp("caller-hub-cache"))
+    pipe = session.load_pipeline(code=code, code_hashes=hashed(code), entry="pipeline.py", from_pretrained_kwargs={})
     pipe.set_progress_bar_config(disable=True)
     yield pipe
     pipe.close()
@@ -366,6 +384,13 @@ def test_brokered_from_pretrained_in_pipeline_code_matches_in_process(
     assert loopback_hub.count("GET", "modeling.py") == 0 and loopback_hub.count("GET", ".bin") == 0
     with pytest.raises(RemoteError, match="is code, which never crosses"):
         remote.read_hub_file("org/clip-repo", "text_encoder/modeling.py")
+
+
+def test_brokered_download_in_the_pipeline_constructor_is_served_during_the_load(
+    remote: RemotePipeline, init_hub: LoopbackHub
+) -> None:
+    assert remote.notes == "notes fetched while loading"
+    assert init_hub.count("GET", "/org/init-notes/resolve/") == 1
 
 
 def test_brokered_download_of_a_denied_repo_fails_with_the_policy_message(
