@@ -380,6 +380,8 @@ def test_brokered_from_pretrained_in_pipeline_code_matches_in_process(
     ).last_hidden_state
     torch.testing.assert_close(remote_hidden, expected, rtol=0, atol=0)
     assert remote.read_hub_file("org/clip-repo", "text_encoder/config.json") == files["text_encoder/config.json"]
+    # The worker's Hub cache is in its private TMPDIR: brokered files are no "open outside its paths" events.
+    assert not [event for event in remote.events if event["event"] == "open" and "clip-repo" in event["detail"]]
     # The caller served the listed files only: never the code file, never the pickle.
     assert loopback_hub.count("GET", "modeling.py") == 0 and loopback_hub.count("GET", ".bin") == 0
     with pytest.raises(RemoteError, match="is code, which never crosses"):

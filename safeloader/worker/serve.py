@@ -302,6 +302,8 @@ def run_worker(layers: Sequence[LayerStatus]) -> int:
     """Import the heavy libraries, then serve fd 3 until the caller closes it."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_MODULES_CACHE"] = os.path.join(tempfile.gettempdir(), "hf_modules")
+    # Brokered downloads land in the worker's Hub cache: inside its private TMPDIR, where writes are expected.
+    os.environ["HF_HUB_CACHE"] = os.path.join(tempfile.gettempdir(), "hf_hub")
     os.environ["DIFFUSERS_NO_ADVISORY_WARNINGS"] = "1"
     sock = socket.socket(fileno=IPC_FD)
     import diffusers.pipelines.pipeline_utils  # noqa: F401
