@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from safeloader.errors import AuditDenied, InvalidSpecError
@@ -109,6 +110,8 @@ def load(
         local_files_only=bool(caller.get("local_files_only", False)),
     )
     session = _early_worker(model, custom_pipeline, resolved_policy)
+    if session is not None:
+        _give_hub_access(session, caller)
     try:
         foreign = collect_foreign_code(
             model,
@@ -159,6 +162,19 @@ def _early_worker(model: ModelSource, custom_pipeline: str | os.PathLike[str] | 
     if not has_foreign_code and not policy.sandbox.isolate_plain_pipelines:
         return None
     return WorkerSession.start(policy, model_dir=model.directory, wait=False)
+
+
+def _give_hub_access(session: Any, caller: Mapping[str, Any]) -> None:
+    """Assets and brokered downloads of this pipeline use the caller's token and cache (never the worker's)."""
+    from safeloader.assets.broker import broker_for
+    from safeloader.assets.resolve import HubAccess
+
+    cache_dir = caller.get("cache_dir")
+    broker_for(session).access = HubAccess(
+        token=caller.get("token"),
+        cache_dir=None if cache_dir is None else Path(cache_dir),
+        local_files_only=bool(caller.get("local_files_only", False)),
+    )
 
 
 def _load_in_process(model: ModelSource, pipeline_class: str | None, kwargs: dict[str, Any], policy: Policy) -> Any:

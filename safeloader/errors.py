@@ -41,6 +41,10 @@ class PickleWeightsRefused(PolicyViolation):
     """The model ships pickle weights and ``[weights] allow_pickle`` is false."""
 
 
+class AssetFormatRefused(PolicyViolation):
+    """A file handed to the sandbox is code, or not in the format its name claims (e.g. a fake safetensors file)."""
+
+
 class AuditDenied(PolicyViolation):
     """The static audit's verdict is ``deny`` under the policy."""
 
@@ -149,6 +153,10 @@ class RemoteError(WorkerError):
         super().__init__(message)
         self.type_name = type_name
         self.traceback_text = traceback_text
+
+
+class OutputRefused(WorkerError):
+    """Files the worker wrote cannot be copied back: not regular files, a path outside the folder, over the cap."""
 
 
 class UnsupportedValueError(WorkerError):

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from safeloader.assets.calls import call_with_assets
 from safeloader.ipc import protocol
 from safeloader.ipc import session as _session
 from safeloader.ipc.session import RemoteReference, SandboxedWorkerLike, Spawner
@@ -59,7 +60,7 @@ class RemoteObject(RemoteReference):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         session: WorkerSession = object.__getattribute__(self, "_session")
-        return session.call(object.__getattribute__(self, "_handle"), None, args, kwargs)
+        return call_with_assets(session, object.__getattribute__(self, "_handle"), None, args, kwargs)
 
     def __repr__(self) -> str:
         return (
@@ -75,7 +76,7 @@ class RemoteMethod:
         self.name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.session.call(self.handle, self.name, args, kwargs)
+        return call_with_assets(self.session, self.handle, self.name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<RemoteMethod {self.name} of worker object #{self.handle}>"

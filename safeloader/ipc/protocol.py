@@ -26,6 +26,16 @@ PROGRESS = "progress"
 CALLBACK = "callback"
 CALLBACK_RESULT = "callback_result"
 CALLBACK_ERROR = "callback_error"
+#: Asset calls (safeloader.assets): caller → worker, ``stage`` hands files over into a private folder,
+#: ``output_dir`` makes a private folder for a method to write, ``collect`` reads it back, ``discard``
+#: removes a folder.
+STAGE = "stage"
+OUTPUT_DIR = "output_dir"
+COLLECT = "collect"
+DISCARD = "discard"
+#: Brokered Hub downloads: worker → caller inside a call, answered by one ``broker_result``.
+BROKER = "broker"
+BROKER_RESULT = "broker_result"
 
 #: ``kind`` of an ``error`` message: an exception raised by pipeline code, a refusal by the worker
 #: (hash mismatch, forbidden name), or a result that broke the IPC limits.

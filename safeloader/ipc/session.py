@@ -126,6 +126,8 @@ class WorkerSession:
         self._callbacks: dict[int, Callable[..., Any]] = {}
         self._callback_exception: BaseException | None = None
         self._bars: dict[int, Any] = {}
+        #: Caller-side Hub access and caches for assets and brokered downloads (safeloader.assets.broker).
+        self.hub_broker: Any = None
         self.channel = Channel(
             worker.sock,
             Encoder(fallback=self._encode_reference),
@@ -312,6 +314,12 @@ class WorkerSession:
                     self._run_callback(reply, doing)
                     deadline = min(deadline + time.monotonic() - callback_started, latest_deadline)
                     continue
+                elif op == protocol.BROKER:
+                    # A download the pipeline asked for: the caller's time, bounded like a callback's.
+                    broker_started = time.monotonic()
+                    self._answer_broker(reply, doing)
+                    deadline = min(deadline + time.monotonic() - broker_started, latest_deadline)
+                    continue
                 else:
                     self._abort()
                     raise ProtocolError(
@@ -429,6 +437,13 @@ class WorkerSession:
                 doing,
                 timeout_s=self.policy.sandbox.call_timeout_s,
             )
+
+    def _answer_broker(self, message: dict[str, Any], doing: str) -> None:
+        """Answer a worker's Hub download with files or a refusal (see :mod:`safeloader.assets.broker`)."""
+        from safeloader.assets.broker import broker_for
+
+        answer = broker_for(self).answer(message)
+        self._send({"op": protocol.BROKER_RESULT, **answer}, doing, timeout_s=self.policy.sandbox.call_timeout_s)
 
     # operations ---------------------------------------------------------------------------------------
     def call(self, handle: int, method: str | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:

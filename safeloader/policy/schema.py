@@ -76,6 +76,8 @@ class SandboxPolicy:
     #: Number of torch intra-op threads in the worker (0: the number of CPUs, at most 8).
     threads: int = 0
     isolate_plain_pipelines: bool = True
+    #: Most bytes one ``save_pretrained`` (or ``output_dir``) may copy back from the worker into the caller's folder.
+    max_output_mb: int = 16384
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,12 @@ from safeloader.ipc.channel import Channel
 from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device
 from safeloader.ipc.framing import PeerClosed
 from safeloader.sandbox.report import LayerStatus
+from safeloader.worker.assets import WorkerAssets
 from safeloader.worker.audit_hook import EventRecorder, install_recorder
 from safeloader.worker.bridges import StepCallback, install_progress_forwarding
 from safeloader.worker.code_loader import CodeRefused, VerifiedPackage
 from safeloader.worker.dynamic_modules import defined_pipeline_class, route_dynamic_modules
+from safeloader.worker.hub_broker import HubBroker, install_hub_broker
 
 IPC_FD = 3
 #: from_pretrained arguments that would fetch or run code other than the verified files.
@@ -62,6 +64,8 @@ class Worker:
         self.next_handle = protocol.PIPELINE_HANDLE + 1
         self.recorder: EventRecorder | None = None
         self.closing = False
+        #: Private folders for files the caller hands over and for what methods write (safeloader.assets).
+        self.assets = WorkerAssets()
         self.channel = Channel(
             sock,
             Encoder(fallback=self._encode_handle),
@@ -197,6 +201,8 @@ class Worker:
             return None
         if op == protocol.RELEASE:
             return None
+        if op in WorkerAssets.OPS:
+            return self.assets.handle(request)
         if op == protocol.CLOSE:
             self.closing = True
             return None
@@ -296,6 +302,8 @@ def run_worker(layers: Sequence[LayerStatus]) -> int:
     """Import the heavy libraries, then serve fd 3 until the caller closes it."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_MODULES_CACHE"] = os.path.join(tempfile.gettempdir(), "hf_modules")
+    # Brokered downloads land in the worker's Hub cache: inside its private TMPDIR, where writes are expected.
+    os.environ["HF_HUB_CACHE"] = os.path.join(tempfile.gettempdir(), "hf_hub")
     os.environ["DIFFUSERS_NO_ADVISORY_WARNINGS"] = "1"
     sock = socket.socket(fileno=IPC_FD)
     import diffusers.pipelines.pipeline_utils  # noqa: F401
@@ -303,6 +311,7 @@ def run_worker(layers: Sequence[LayerStatus]) -> int:
 
     worker = Worker(sock, layers)
     install_progress_forwarding(worker.send)
+    install_hub_broker(HubBroker(worker.send, worker.channel.recv, worker.dispatch))
     try:
         worker.serve()
     except (BrokenPipeError, ConnectionResetError, PeerClosed):
