@@ -3,8 +3,9 @@
 The worker has no network. Pipeline code (or diffusers and transformers on its behalf) that downloads
 another repo calls these replacements, which ask the caller (``broker`` messages, answered inside the
 call that is running) and write the files it sends into the worker's own Hub cache in its private
-``TMPDIR`` (``$HF_HUB_CACHE``, set by :func:`safeloader.worker.serve.run_worker`), in the layout huggingface_hub itself uses (``snapshots/<commit>/…``, ``refs/<revision>``,
-``.no_exist/<commit>/…``), so that the libraries' cache lookups find them. What the caller refuses (a repo
+``TMPDIR`` (``$HF_HUB_CACHE``, set by :func:`safeloader.worker.serve.run_worker`), in the layout
+huggingface_hub itself uses (``snapshots/<commit>/…``, ``refs/<revision>``, ``.no_exist/<commit>/…``),
+so that the libraries' cache lookups find them. What the caller refuses (a repo
 the policy denies, an unpinned revision under ``require_pinned_revision``, pickle or code files) raises
 :class:`BrokeredDownloadRefused` with the caller's message.
 """
