@@ -310,6 +310,59 @@ def _routed_from_pretrained(cls: type, pretrained_model_name_or_path: str | os.P
     return load(pretrained_model_name_or_path, policy=policy, **kwargs)
 
 
+def _routed_download(cls: type, pretrained_model_name: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """diffusers' ``download``: the repository is fetched, pinned, verified and audited; nothing is imported."""
+    from safeloader.download import download
+
+    return download(pretrained_model_name, policy=kwargs.pop("policy", None) or _policy, **kwargs)
+
+
+def _routed_from_pipe(cls: type, pipeline: Any, **kwargs: Any) -> Any:
+    """diffusers' ``from_pipe``: a sandboxed source pipeline builds the new one in its worker, after the gate."""
+    from safeloader.proxy import RemotePipeline
+    from safeloader.remote_pipelines import from_pipe
+
+    if isinstance(pipeline, RemotePipeline):
+        if cls.__name__ != "DiffusionPipeline" and _is_diffusers_class(cls):
+            kwargs["_pipeline_class_name"] = cls.__name__
+        return from_pipe(pipeline, policy=kwargs.pop("policy", None) or _policy, **kwargs)
+    # An in-process source pipeline: diffusers' own from_pipe; a custom_pipeline meets the closed loader.
+    return _original_classmethod(cls, "from_pipe")(pipeline, **kwargs)
+
+
+def _routed_auto_model(cls: type, pretrained_model_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """diffusers' ``AutoModel``: with ``trust_remote_code=True`` sandboxed; without it diffusers' own load.
+
+    Without trust, whatever would import repository code reaches a closed loader and is refused (transformers'
+    prompt included) before anything runs; library classes load in-process as diffusers loads them.
+    """
+    from safeloader.automodel import AutoModel
+
+    policy = kwargs.pop("policy", None) or _policy
+    worker = kwargs.pop("worker", None)
+    if not kwargs.get("trust_remote_code"):
+        return _original_classmethod(cls, "from_pretrained")(pretrained_model_or_path, **kwargs)
+    return AutoModel.from_pretrained(pretrained_model_or_path, policy=policy, worker=worker, **kwargs)
+
+
+def _routed_modular(kind: str) -> Callable[..., Any]:
+    """diffusers' modular ``from_pretrained``: custom blocks (``trust_remote_code=True``) are built in the worker."""
+
+    def from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        from safeloader import modular
+
+        trusted = kwargs.get("trust_remote_code", args[0] if args else False)
+        if not trusted or not _is_diffusers_class(cls):
+            return _original_classmethod(cls, "from_pretrained")(pretrained_model_name_or_path, *args, **kwargs)
+        kwargs["trust_remote_code"] = True
+        loader = getattr(modular, kind)
+        return loader.from_pretrained(
+            pretrained_model_name_or_path, policy=kwargs.pop("policy", None) or _policy, **kwargs
+        )
+
+    return from_pretrained
+
+
 def _route_classmethod(cls: type, name: str, function: Callable[..., Any], report: InstallReport) -> None:
     _saved.append((cls, name, cls.__dict__[name]))
     setattr(cls, name, classmethod(function))
@@ -332,6 +385,11 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> InstallRep
         try:
             pipeline_cls = diffusers.DiffusionPipeline
             _route_classmethod(pipeline_cls, "from_pretrained", _routed_from_pretrained, report)
+            _route_classmethod(pipeline_cls, "from_pipe", _routed_from_pipe, report)
+            _route_classmethod(pipeline_cls, "download", _routed_download, report)
+            _route_classmethod(diffusers.AutoModel, "from_pretrained", _routed_auto_model, report)
+            for kind in ("ModularPipelineBlocks", "ModularPipeline"):
+                _route_classmethod(getattr(diffusers, kind), "from_pretrained", _routed_modular(kind), report)
             _close_diffusers(report)
             _close_transformers(report)
         except BaseException:
