@@ -25,7 +25,13 @@ def from_data(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         type_name = value.get(protocol.OUTPUT_MARK)
         fields = value.get("fields")
-        if isinstance(type_name, str) and isinstance(fields, dict) and len(value) == 2:
+        if (
+            isinstance(type_name, str)
+            and isinstance(fields, dict)
+            and len(value) == 2
+            and all(protocol.is_public_name(key) for key in fields)
+        ):
+            # Only public identifier field names: an output must never answer a protocol attribute.
             return GenericOutput(type_name[:100], {str(k): from_data(v, depth + 1) for k, v in fields.items()})
         return {key: from_data(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):

@@ -17,7 +17,13 @@ import torch
 
 import safeloader
 from safeloader import transformers as sandboxed
-from safeloader.errors import AuditDenied, RemoteCodeNotTrusted, SourceDenied, UnpinnedRevisionError
+from safeloader.errors import (
+    AuditDenied,
+    RemoteCodeNotTrusted,
+    SignatureRequiredError,
+    SourceDenied,
+    UnpinnedRevisionError,
+)
 from safeloader.policy import load_policy, with_overrides
 from tests.fixtures.remote_code import build_pipeline_with_remote_text_encoder, build_remote_code_model
 from tests.fixtures.tiny_sd import PROMPT
@@ -91,6 +97,9 @@ def test_transformers_auto_classes_run_repository_code_only_in_the_worker(
     config = sandboxed.AutoConfig.from_pretrained(path, trust_remote_code=True, worker=tokenizer)
     assert type(config).__name__ == "RemoteConfig"
     assert config.to_dict()["noise_scale"] == 0.5 and config.hidden_size == 16
+
+    processor = sandboxed.AutoProcessor.from_pretrained(path, trust_remote_code=True, worker=tokenizer)
+    torch.testing.assert_close(processor(PROMPT, return_tensors="pt")["input_ids"], reference["ids"], rtol=0, atol=0)
 
     extractor = sandboxed.pipeline("feature-extraction", model=path, trust_remote_code=True, worker=tokenizer)
     np.testing.assert_array_equal(np.asarray(extractor([PROMPT])), np.asarray(reference["features"]))
@@ -207,6 +216,10 @@ def test_hub_repo_follows_sources_and_pins(loopback_hub: Any, remote_dirs: dict[
     pinned_only = with_overrides(load_policy("default"), sources={"require_pinned_revision": True})
     with pytest.raises(UnpinnedRevisionError, match=sha):
         sandboxed.AutoModel.from_pretrained("someone/tiny-remote", trust_remote_code=True, policy=pinned_only)
+    with pytest.raises(SignatureRequiredError):
+        sandboxed.AutoModel.from_pretrained(
+            "someone/tiny-remote", revision=sha, trust_remote_code=True, policy="strict"
+        )
     model = sandboxed.AutoModel.from_pretrained(
         "someone/tiny-remote", revision=sha, trust_remote_code=True, policy=pinned_only
     )
@@ -216,3 +229,17 @@ def test_hub_repo_follows_sources_and_pins(loopback_hub: Any, remote_dirs: dict[
     finally:
         model.close()
     assert not remote_dirs["marker"].exists()
+
+
+def test_output_fields_that_are_not_public_names_stay_a_plain_mapping() -> None:
+    """A worker answering ``__array_interface__`` as an output field gets a dict, never attribute access."""
+    from safeloader.ipc import protocol
+    from safeloader.ipc.codec import GenericOutput
+    from safeloader.remote_models import from_data
+
+    hostile = {protocol.OUTPUT_MARK: "BaseModelOutput", "fields": {"__array_interface__": {"data": (0, False)}}}
+    decoded = from_data(hostile)
+    assert not isinstance(decoded, GenericOutput)
+    assert not hasattr(decoded, "__array_interface__")
+    fine = from_data({protocol.OUTPUT_MARK: "BaseModelOutput", "fields": {"logits": 1}})
+    assert isinstance(fine, GenericOutput) and fine.logits == 1 and fine[0] == 1
