@@ -38,15 +38,31 @@ def source(tiny_model_dir: Path) -> Iterator[Any]:
     pipe.close()
 
 
+MARK = """
+try:
+    with open({marker!r}, "a", encoding="utf-8") as handle:
+        handle.write("ran\\n")
+except OSError:
+    pass  # inside the sandbox the marker's folder is not writable
+"""
+
+
 @pytest.fixture
-def seeded_pipeline_dir(tmp_path: Path) -> Path:
+def marker(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "pipeline-code-ran"
+    yield path
+    assert not path.exists(), "the custom pipeline's code ran in the caller"
+
+
+@pytest.fixture
+def seeded_pipeline_dir(tmp_path: Path, marker: Path) -> Path:
     root = tmp_path / "seeded_ddpm"
     root.mkdir()
     # from_pipe hands a model component over only if the new pipeline's signature names its class.
     source = (PIPELINES / "seeded_ddpm.py").read_text()
     typed = source.replace("def __init__(self, unet, scheduler):", "def __init__(self, unet: UNet2DModel, scheduler):")
     assert typed != source
-    (root / "pipeline.py").write_text("from diffusers import UNet2DModel\n" + typed)
+    (root / "pipeline.py").write_text("from diffusers import UNet2DModel\n" + typed + MARK.format(marker=str(marker)))
     (root / "sampling.py").write_bytes((PIPELINES / "sampling.py").read_bytes())
     return root
 

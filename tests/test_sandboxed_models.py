@@ -185,7 +185,9 @@ def test_a_pipeline_naming_an_auto_map_component_gates_its_code(tmp_path: Path, 
     assert not marker.exists()
 
 
-def test_install_runs_diffusers_automodel_code_in_the_worker(tmp_path: Path, tiny_sd_dir: Path) -> None:
+def test_install_runs_diffusers_automodel_code_in_the_worker(
+    tmp_path: Path, tiny_sd_dir: Path, reference: dict[str, Any]
+) -> None:
     import diffusers
 
     marker = tmp_path / "sandboxed-marker"
@@ -199,8 +201,9 @@ def test_install_runs_diffusers_automodel_code_in_the_worker(tmp_path: Path, tin
         )
         try:
             assert type(text_encoder).__name__ == "RemoteModel"
-            hidden = text_encoder(IDS).last_hidden_state
-            assert hidden.shape == (1, 6, 16)
+            # The same weights and code as the in-process reference model: identical output for the same seed.
+            hidden = text_encoder(IDS, generator=torch.Generator().manual_seed(0)).last_hidden_state
+            np.testing.assert_array_equal(hidden.numpy(), reference["hidden"].numpy())
         finally:
             text_encoder.close()
     finally:
