@@ -15,13 +15,18 @@ from safeloader.errors import SafeLoaderError
 from safeloader.policy import Policy, load_policy
 
 if TYPE_CHECKING:
+    from safeloader.automodel import AutoModel
     from safeloader.dropin import DiffusionPipeline
+    from safeloader.modular import ModularPipeline, ModularPipelineBlocks
     from safeloader.patch import install, uninstall
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoModel",
     "DiffusionPipeline",
+    "ModularPipeline",
+    "ModularPipelineBlocks",
     "Policy",
     "SafeLoaderError",
     "__version__",
@@ -32,6 +37,9 @@ __all__ = [
 
 # Heavy modules (torch, diffusers) load only when these are first used.
 _LAZY = {
+    "AutoModel": ("safeloader.automodel", "AutoModel"),
+    "ModularPipeline": ("safeloader.modular", "ModularPipeline"),
+    "ModularPipelineBlocks": ("safeloader.modular", "ModularPipelineBlocks"),
     "DiffusionPipeline": ("safeloader.dropin", "DiffusionPipeline"),
     "install": ("safeloader.patch", "install"),
     "uninstall": ("safeloader.patch", "uninstall"),

@@ -32,14 +32,16 @@ _MAX_KWARG_DEPTH = 16
 def _encode_kwarg(name: str, value: Any, depth: int = 0) -> Any:
     import torch
 
+    from safeloader.ipc.session import RemoteReference
+
     if depth > _MAX_KWARG_DEPTH:
         raise InvalidSpecError(
             f"from_pretrained argument {name} nests more than {_MAX_KWARG_DEPTH} levels deep; pass plain, flat data."
         )
     if isinstance(value, torch.dtype):
         return {"__dtype__": str(value).removeprefix("torch.")}
-    if isinstance(value, _DATA_TYPES):
-        return value
+    if isinstance(value, (*_DATA_TYPES, RemoteReference)):
+        return value  # a remote object crosses as its handle, to the worker that holds it
     if isinstance(value, (list, tuple)):
         return [_encode_kwarg(name, item, depth + 1) for item in value]
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
@@ -109,9 +111,10 @@ def load(
         cache_dir=caller.get("cache_dir"),
         local_files_only=bool(caller.get("local_files_only", False)),
     )
-    session = _early_worker(model, custom_pipeline, resolved_policy)
+    shared = _session_of_remote_components(kwargs, model)
+    session = shared or _early_worker(model, custom_pipeline, resolved_policy)
     if session is not None:
-        _give_hub_access(session, caller)
+        give_hub_access(session, caller)
     try:
         foreign = collect_foreign_code(
             model,
@@ -136,7 +139,7 @@ def load(
             pipeline_class=None if foreign.pipeline_entry else pipeline_class,
         )
     except BaseException:
-        if session is not None:
+        if session is not None and shared is None:
             session.close()
         raise
     info = pipe.safeloader
@@ -146,6 +149,24 @@ def load(
     info.policy = resolved_policy
     info.model = model
     return pipe
+
+
+def _session_of_remote_components(kwargs: Mapping[str, Any], model: ModelSource) -> Any:
+    """The worker that holds the remote models passed as components (``text_encoder=remote_model``), if any.
+
+    The pipeline is then built in that worker, so the components are shared in place, as diffusers shares them.
+    """
+    from safeloader.automodel import shared_session
+    from safeloader.ipc.session import RemoteReference
+
+    remotes = [value for value in kwargs.values() if isinstance(value, RemoteReference)]
+    sessions = {id(object.__getattribute__(value, "_session")): value for value in remotes}
+    if len(sessions) > 1:
+        raise InvalidSpecError(
+            "the remote components passed to from_pretrained live in different workers; "
+            "load them with worker= set to the first one, so that one worker holds them all."
+        )
+    return shared_session(remotes[0], model) if remotes else None
 
 
 def _early_worker(model: ModelSource, custom_pipeline: str | os.PathLike[str] | None, policy: Policy) -> Any:
@@ -164,7 +185,7 @@ def _early_worker(model: ModelSource, custom_pipeline: str | os.PathLike[str] | 
     return WorkerSession.start(policy, model_dir=model.directory, wait=False)
 
 
-def _give_hub_access(session: Any, caller: Mapping[str, Any]) -> None:
+def give_hub_access(session: Any, caller: Mapping[str, Any]) -> None:
     """Assets and brokered downloads of this pipeline use the caller's token and cache (never the worker's)."""
     from safeloader.assets.broker import broker_for
     from safeloader.assets.resolve import HubAccess
@@ -238,3 +259,14 @@ class DiffusionPipeline:
             lockfile=lockfile,
             **kwargs,
         )
+
+    @classmethod
+    def from_pipe(cls, pipeline: Any, **kwargs: Any) -> Any:
+        """diffusers' ``from_pipe`` for a sandboxed pipeline: built in its worker, components shared.
+
+        ``custom_pipeline`` goes through the same gate as in :meth:`from_pretrained` (``trust_remote_code``,
+        ``policy``, ``lockfile``).
+        """
+        from safeloader.remote_pipelines import from_pipe
+
+        return from_pipe(pipeline, **kwargs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeloader.auto_map import code_entries
 from safeloader.errors import IntegrityError, RemoteCodeNotTrusted, UnpinnedRevisionError
 from safeloader.model_source import ModelSource, component_folders
 from safeloader.policy import Policy
@@ -62,6 +63,8 @@ def model_repo_entries(model: ModelSource, custom_pipeline: str | None) -> tuple
         module = model.model_index[folder][0] if model.model_index[folder] else None
         if isinstance(module, str) and f"{folder}/{module}.py" in files:
             entries.append(f"{folder}/{module}.py")
+        # A component loaded by an Auto class (["transformers", "AutoModel"]) imports its folder's auto_map code.
+        entries.extend(entry for entry in code_entries(model, folder) if entry not in entries)
     return entries, pipeline_entry
 
 
@@ -94,6 +97,44 @@ def _merge(manifests: list[Manifest]) -> tuple[dict[str, bytes], dict[str, str]]
     return code, hashes
 
 
+def resolve_repo_code(
+    model: ModelSource,
+    entries: list[str],
+    *,
+    policy: Policy,
+    token: str | bool | None,
+    local_files_only: bool,
+    lockfile: str | os.PathLike[str] | None = None,
+) -> Manifest:
+    """Resolve and verify code files inside the model repo (and their relative imports) at the model's commit."""
+    from safeloader.resolve import resolve_local_files, resolve_repo_files
+    from safeloader.verify import verify_manifest
+
+    if model.repo_id is None:
+        manifest = resolve_local_files(model.directory, entries, policy=policy)
+    else:
+        _check_model_pin(model, policy)
+        # Fetched at the commit the model itself was resolved to: code and weights are one snapshot.
+        manifest = resolve_repo_files(
+            model.repo_id,
+            entries,
+            revision=model.commit,
+            policy=policy,
+            token=token,
+            local_files_only=local_files_only,
+        )
+    if lockfile is not None:
+        verify_manifest(manifest, policy, lockfile=Path(lockfile))
+    return manifest
+
+
+def foreign_code_of(manifests: list[Manifest], pipeline_entry: str | None, origins: list[str]) -> ForeignCode:
+    code, hashes = _merge(manifests)
+    return ForeignCode(
+        manifests=tuple(manifests), pipeline_entry=pipeline_entry, code=code, hashes=hashes, origins=tuple(origins)
+    )
+
+
 def collect_foreign_code(
     model: ModelSource,
     *,
@@ -106,8 +147,7 @@ def collect_foreign_code(
     lockfile: str | os.PathLike[str] | None = None,
 ) -> ForeignCode:
     """Resolve and verify all foreign code of this load; refuse it without ``trust_remote_code``."""
-    from safeloader.resolve import resolve_local_files, resolve_pipeline, resolve_repo_files
-    from safeloader.verify import verify_manifest
+    from safeloader.resolve import resolve_pipeline
 
     spec = os.fspath(custom_pipeline) if custom_pipeline is not None else None
     entries, in_repo_pipeline = model_repo_entries(model, spec)
@@ -123,22 +163,11 @@ def collect_foreign_code(
     manifests: list[Manifest] = []
     pipeline_entry: str | None = in_repo_pipeline
     if entries:
-        if model.repo_id is None:
-            repo_manifest = resolve_local_files(model.directory, entries, policy=policy)
-        else:
-            _check_model_pin(model, policy)
-            # Fetched at the commit the model itself was resolved to: code and weights are one snapshot.
-            repo_manifest = resolve_repo_files(
-                model.repo_id,
-                entries,
-                revision=model.commit,
-                policy=policy,
-                token=token,
-                local_files_only=local_files_only,
+        manifests.append(
+            resolve_repo_code(
+                model, entries, policy=policy, token=token, local_files_only=local_files_only, lockfile=lockfile
             )
-        if lockfile is not None:
-            verify_manifest(repo_manifest, policy, lockfile=Path(lockfile))
-        manifests.append(repo_manifest)
+        )
     if spec is not None and in_repo_pipeline is None:
         pipeline_manifest = resolve_pipeline(
             spec,
@@ -152,10 +181,7 @@ def collect_foreign_code(
         )
         manifests.append(pipeline_manifest)
         pipeline_entry = pipeline_manifest.entry
-    code, hashes = _merge(manifests)
-    return ForeignCode(
-        manifests=tuple(manifests), pipeline_entry=pipeline_entry, code=code, hashes=hashes, origins=tuple(origins)
-    )
+    return foreign_code_of(manifests, pipeline_entry, origins)
 
 
 def describe(foreign: ForeignCode) -> dict[str, Any]:

@@ -108,15 +108,20 @@ def resolve_model(
     token: str | bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool = False,
+    pipeline: bool = True,
 ) -> ModelSource:
-    """Locate or download the model, at one commit, and refuse weights the policy forbids."""
+    """Locate or download the model, at one commit, and refuse weights the policy forbids.
+
+    ``pipeline=False`` accepts any repository (a transformers model, one component of a pipeline): no
+    ``model_index.json`` is required, and pickle weights are checked folder by folder.
+    """
     spec = os.fspath(pretrained_model_name_or_path)
     local = Path(spec).expanduser()
     if local.is_dir():
         directory = local.resolve()
         files = _list_files(directory)
-        index = _read_model_index(directory, str(directory))
-        check_weights(files, index, policy, str(directory))
+        index = _read_model_index(directory, str(directory)) if pipeline else _optional_index(directory)
+        _check(files, index, policy, str(directory), pipeline)
         return ModelSource(
             directory=directory, repo_id=None, commit=None, requested_revision=None, files=files, model_index=index
         )
@@ -131,7 +136,44 @@ def resolve_model(
         token=token,
         cache_dir=None if cache_dir is None else Path(cache_dir),
         local_files_only=local_files_only,
+        pipeline=pipeline,
     )
+
+
+def _optional_index(directory: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_folder_weights(files: tuple[str, ...], policy: Policy, label: str) -> None:
+    """Any repository: refuse a folder whose only weights are pickles, unless ``[weights] allow_pickle``."""
+    if policy.weights.allow_pickle:
+        return
+    folders: dict[str, list[str]] = {}
+    for path in files:
+        folders.setdefault(path.rpartition("/")[0], []).append(path)
+    refused = [
+        f
+        for in_folder in folders.values()
+        if not any(f.endswith(SAFE_WEIGHT_SUFFIXES) for f in in_folder)
+        for f in in_folder
+        if f.endswith(PICKLE_WEIGHT_SUFFIXES)
+    ]
+    if refused:
+        raise PickleWeightsRefused(
+            f"{label} ships pickle weights ({', '.join(sorted(refused))}) that can run code when loaded; "
+            "convert them to safetensors, or set [weights] allow_pickle = true to load them inside the sandbox."
+        )
+
+
+def _check(files: tuple[str, ...], index: dict[str, Any], policy: Policy, label: str, pipeline: bool) -> None:
+    if pipeline:
+        check_weights(files, index, policy, label)
+    else:
+        check_folder_weights(files, policy, label)
 
 
 def _download_hub_model(
@@ -142,6 +184,7 @@ def _download_hub_model(
     token: str | bool | None,
     cache_dir: str | os.PathLike[str] | None,
     local_files_only: bool,
+    pipeline: bool = True,
 ) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -170,23 +213,25 @@ def _download_hub_model(
         commit = resolve_commit(repo_id, revision, token=token)
         remote = list_files_checked(repo_id, commit, repo_type="model", token=token)
         files = tuple(sorted(remote))
-        if "model_index.json" not in remote:
+        # The file that locates the snapshot folder: model_index.json for a pipeline, else any non-pickle file.
+        plain = [f for f in files if not f.endswith(PICKLE_WEIGHT_SUFFIXES)]
+        first = "model_index.json" if pipeline or "model_index.json" in remote else plain[0] if plain else None
+        if first is None or first not in remote:
             raise EntryFileNotFoundError(
                 f"{repo_id}@{commit} has no model_index.json, so it is not a diffusers pipeline; check the model id."
             )
-        index_file = fetch_file(
-            repo_id, remote["model_index.json"], commit, repo_type="model", token=token, cache_dir=cache
-        )
-        folder = index_file.parent
-        check_weights(files, _read_model_index(folder, repo_id), policy, repo_id)
+        first_file = fetch_file(repo_id, remote[first], commit, repo_type="model", token=token, cache_dir=cache)
+        folder = first_file.parents[len(Path(first).parts) - 1]
+        if pipeline:
+            check_weights(files, _read_model_index(folder, repo_id), policy, repo_id)
+        else:
+            check_folder_weights(files, policy, repo_id)
         for path in files:
-            if path == "model_index.json" or (
-                not policy.weights.allow_pickle and path.endswith(PICKLE_WEIGHT_SUFFIXES)
-            ):
+            if path == first or (not policy.weights.allow_pickle and path.endswith(PICKLE_WEIGHT_SUFFIXES)):
                 continue
             fetch_file(repo_id, remote[path], commit, repo_type="model", token=token, cache_dir=cache)
-    index = _read_model_index(folder, repo_id)
-    check_weights(files, index, policy, repo_id)
+    index = _read_model_index(folder, repo_id) if pipeline else _optional_index(folder)
+    _check(files, index, policy, repo_id, pipeline)
     logger.debug("model %s resolved to %s at %s", repo_id, commit, folder)
     return ModelSource(
         directory=folder,

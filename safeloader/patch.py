@@ -1,58 +1,66 @@
 """Patch mode: route diffusers' own entry points through safeloader, so existing code gains the sandbox.
 
-``install()`` replaces ``diffusers.DiffusionPipeline.from_pretrained`` with safeloader's loader and
-makes diffusers' in-process dynamic-module loader (the one function every foreign-code path of
-diffusers goes through: custom pipelines, ``_class_name`` modules, custom components, ``from_pipe``,
-``download`` and ``AutoModel`` with ``trust_remote_code``) refuse, so nothing foreign can run in the
-caller while safeloader is installed. ``uninstall()`` restores diffusers exactly. Both are idempotent.
-"""
+``install()`` replaces diffusers' ``DiffusionPipeline.from_pretrained``, ``from_pipe`` and ``download``,
+``AutoModel.from_pretrained`` and the modular ``from_pretrained``s with safeloader's loaders, and closes every
+in-process loader of repository code (:mod:`safeloader.closed_loaders`: diffusers' and transformers'
+dynamic-module loaders, transformers' ``trust_remote_code`` prompt, ``from_single_file``'s library import).
+Whatever path reaches one of them — known or not — is refused with an error naming the call and the safeloader
+route to use, so nothing foreign runs in the caller while safeloader is installed. ``uninstall()`` restores
+diffusers and transformers exactly. Both are idempotent."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from safeloader.errors import RemoteCodeNotTrusted
+from safeloader import closed_loaders
 from safeloader.policy import Policy, load_policy
 
 logger = logging.getLogger("safeloader")
 
 _lock = threading.Lock()
-#: (object, attribute name, original value) for everything install() replaced.
-_saved: list[tuple[Any, str, Any]] = []
 _policy: Policy | None = None
+_report: InstallReport | None = None
 
-# Modules that import the dynamic loader under their own name (checked against diffusers 0.42).
-_DYNAMIC_LOADER_HOLDERS = (
-    "diffusers.utils.dynamic_modules_utils",
-    "diffusers.utils",
-    "diffusers.pipelines.pipeline_loading_utils",
-    "diffusers.modular_pipelines.modular_pipeline",
-    "diffusers.models.auto_model",
-)
-_DYNAMIC_LOADER_NAMES = ("get_class_from_dynamic_module", "get_cached_module_file")
+
+@dataclass
+class InstallReport:
+    """What :func:`install` routed to the sandbox and what it closed in this process."""
+
+    policy: str
+    routed: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+
+    def format_text(self) -> str:
+        lines = [f"safeloader installed under policy {self.policy!r}"]
+        lines += [f"  routed to the sandbox: {item}" for item in self.routed]
+        lines += [f"  refused in this process: {item}" for item in self.closed]
+        return "\n".join(lines)
 
 
 def installed() -> bool:
-    return bool(_saved)
+    return bool(closed_loaders.saved)
 
 
-def _refuse_in_process(*args: Any, **kwargs: Any) -> Any:
-    target = args[0] if args else kwargs.get("pretrained_model_name_or_path", "<unknown>")
-    raise RemoteCodeNotTrusted(
-        f"diffusers tried to import foreign code from {target} in this process while safeloader is installed; "
-        "load it through DiffusionPipeline.from_pretrained (routed to the sandbox) or call safeloader.uninstall()."
-    )
+def report() -> InstallReport | None:
+    """The report of the active :func:`install`, or ``None`` when safeloader is not installed."""
+    return _report
 
 
 def original_from_pretrained(cls: type) -> Any:
     """``cls.from_pretrained`` as diffusers defines it, whether or not safeloader is installed."""
-    for owner, name, original in _saved:
-        if name == "from_pretrained" and isinstance(owner, type) and issubclass(cls, owner):
+    return _original_classmethod(cls, "from_pretrained")
+
+
+def _original_classmethod(cls: type, name: str) -> Any:
+    for owner, saved_name, original in closed_loaders.saved:
+        if saved_name == name and isinstance(owner, type) and issubclass(cls, owner):
             return original.__get__(None, cls)
-    return cls.from_pretrained  # type: ignore[attr-defined]
+    return getattr(cls, name)
 
 
 def _is_diffusers_class(cls: type) -> bool:
@@ -74,38 +82,104 @@ def _routed_from_pretrained(cls: type, pretrained_model_name_or_path: str | os.P
     return load(pretrained_model_name_or_path, policy=policy, **kwargs)
 
 
-def install(policy: str | os.PathLike[str] | Policy | None = None) -> None:
-    """Route ``diffusers.DiffusionPipeline.from_pretrained`` through safeloader under ``policy``."""
-    global _policy
-    import importlib
+def _routed_download(cls: type, pretrained_model_name: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """diffusers' ``download``: the repository is fetched, pinned, verified and audited; nothing is imported."""
+    from safeloader.download import download
 
+    return download(pretrained_model_name, policy=kwargs.pop("policy", None) or _policy, **kwargs)
+
+
+def _routed_from_pipe(cls: type, pipeline: Any, **kwargs: Any) -> Any:
+    """diffusers' ``from_pipe``: a sandboxed source pipeline builds the new one in its worker, after the gate."""
+    from safeloader.proxy import RemotePipeline
+    from safeloader.remote_pipelines import from_pipe
+
+    if isinstance(pipeline, RemotePipeline):
+        if cls.__name__ != "DiffusionPipeline" and _is_diffusers_class(cls):
+            kwargs["_pipeline_class_name"] = cls.__name__
+        return from_pipe(pipeline, policy=kwargs.pop("policy", None) or _policy, **kwargs)
+    # An in-process source pipeline: diffusers' own from_pipe; a custom_pipeline meets the closed loader.
+    return _original_classmethod(cls, "from_pipe")(pipeline, **kwargs)
+
+
+def _routed_auto_model(cls: type, pretrained_model_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """diffusers' ``AutoModel``: with ``trust_remote_code=True`` sandboxed; without it diffusers' own load.
+
+    Without trust, whatever would import repository code reaches a closed loader and is refused (transformers'
+    prompt included) before anything runs; library classes load in-process as diffusers loads them.
+    """
+    from safeloader.automodel import AutoModel
+
+    policy = kwargs.pop("policy", None) or _policy
+    worker = kwargs.pop("worker", None)
+    if not kwargs.get("trust_remote_code"):
+        return _original_classmethod(cls, "from_pretrained")(pretrained_model_or_path, **kwargs)
+    return AutoModel.from_pretrained(pretrained_model_or_path, policy=policy, worker=worker, **kwargs)
+
+
+def _routed_modular(kind: str) -> Callable[..., Any]:
+    """diffusers' modular ``from_pretrained``: custom blocks (``trust_remote_code=True``) are built in the worker."""
+
+    def from_pretrained(cls: type, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        from safeloader import modular
+
+        trusted = kwargs.get("trust_remote_code", args[0] if args else False)
+        if not trusted or not _is_diffusers_class(cls):
+            return _original_classmethod(cls, "from_pretrained")(pretrained_model_name_or_path, *args, **kwargs)
+        kwargs["trust_remote_code"] = True
+        loader = getattr(modular, kind)
+        return loader.from_pretrained(
+            pretrained_model_name_or_path, policy=kwargs.pop("policy", None) or _policy, **kwargs
+        )
+
+    return from_pretrained
+
+
+def _route_classmethod(cls: type, name: str, function: Callable[..., Any], report: InstallReport) -> None:
+    closed_loaders.saved.append((cls, name, cls.__dict__[name]))
+    setattr(cls, name, classmethod(function))
+    report.routed.append(f"{cls.__module__.split('.')[0]}.{cls.__name__}.{name}")
+
+
+def install(policy: str | os.PathLike[str] | Policy | None = None) -> InstallReport:
+    """Route diffusers' loaders through safeloader under ``policy`` and close every in-process code loader."""
+    global _policy, _report
     import diffusers
 
     with _lock:
         _policy = load_policy(policy)
-        if _saved:
+        if closed_loaders.saved:
+            assert _report is not None
+            _report.policy = _policy.name
             logger.info("safeloader.install(): already installed; policy is now %r", _policy.name)
-            return
-        pipeline_cls = diffusers.DiffusionPipeline
-        _saved.append((pipeline_cls, "from_pretrained", pipeline_cls.__dict__["from_pretrained"]))
-        pipeline_cls.from_pretrained = classmethod(_routed_from_pretrained)  # type: ignore[assignment,method-assign]
-        for module_name in _DYNAMIC_LOADER_HOLDERS:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                continue
-            for name in _DYNAMIC_LOADER_NAMES:
-                if hasattr(module, name):
-                    _saved.append((module, name, getattr(module, name)))
-                    setattr(module, name, _refuse_in_process)
-        logger.info("safeloader installed: diffusers pipelines load sandboxed under policy %r", _policy.name)
+            return _report
+        report = InstallReport(policy=_policy.name)
+        try:
+            pipeline_cls = diffusers.DiffusionPipeline
+            _route_classmethod(pipeline_cls, "from_pretrained", _routed_from_pretrained, report)
+            _route_classmethod(pipeline_cls, "from_pipe", _routed_from_pipe, report)
+            _route_classmethod(pipeline_cls, "download", _routed_download, report)
+            _route_classmethod(diffusers.AutoModel, "from_pretrained", _routed_auto_model, report)
+            for kind in ("ModularPipelineBlocks", "ModularPipeline"):
+                _route_classmethod(getattr(diffusers, kind), "from_pretrained", _routed_modular(kind), report)
+            closed_loaders.close_diffusers(report.closed)
+            closed_loaders.close_transformers(report.closed)
+        except BaseException:
+            _restore()
+            raise
+        _report = report
+        logger.info("%s", report.format_text())
+        return report
+
+
+def _restore() -> None:
+    global _policy, _report
+    closed_loaders.restore()
+    _policy = None
+    _report = None
 
 
 def uninstall() -> None:
     """Restore everything :func:`install` replaced; a no-op when not installed."""
-    global _policy
     with _lock:
-        while _saved:
-            owner, name, original = _saved.pop()
-            setattr(owner, name, original)
-        _policy = None
+        _restore()

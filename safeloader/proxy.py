@@ -140,6 +140,12 @@ class RemotePipeline(RemoteObject):
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         self.session.call(protocol.PIPELINE_HANDLE, "set_progress_bar_config", (), kwargs)
 
+    def from_pipe(self, pipeline: RemotePipeline | None = None, **kwargs: Any) -> RemotePipeline:
+        """diffusers' ``from_pipe``, built in this pipeline's worker (see :mod:`safeloader.remote_pipelines`)."""
+        from safeloader.remote_pipelines import from_pipe
+
+        return from_pipe(self if pipeline is None else pipeline, **kwargs)
+
     def close(self) -> None:
         self.session.close()
 

@@ -47,3 +47,13 @@ ERROR_LIMIT = "limit"
 def is_public_name(name: object) -> bool:
     """Names the caller may ask for by attribute or method: no dunder or private protocol names."""
     return isinstance(name, str) and name.isidentifier() and not name.startswith("_")
+
+
+#: Model loads (issue 11), served by :mod:`safeloader.worker.model_loaders`: ``load_model`` builds a diffusers or
+#: transformers object from verified ``auto_map`` code and answers its handle; ``model_call`` calls a held
+#: object and answers library output classes as plain fields; ``from_pipe`` builds a pipeline from a held one.
+LOAD_MODEL = "load_model"
+MODEL_CALL = "model_call"
+FROM_PIPE = "from_pipe"
+#: Key marking a library output container (``ModelOutput``, ``BatchEncoding``) answered as plain fields.
+OUTPUT_MARK = "__safeloader_output__"

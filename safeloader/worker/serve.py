@@ -30,6 +30,9 @@ from safeloader.worker.bridges import StepCallback, install_progress_forwarding
 from safeloader.worker.code_loader import CodeRefused, VerifiedPackage
 from safeloader.worker.dynamic_modules import defined_pipeline_class, route_dynamic_modules
 from safeloader.worker.hub_broker import HubBroker, install_hub_broker
+from safeloader.worker.model_loaders import HANDLERS as MODEL_HANDLERS
+from safeloader.worker.model_loaders import LoadRefused
+from safeloader.worker.pipeline_derivation import HANDLERS as DERIVATION_HANDLERS
 
 IPC_FD = 3
 #: from_pretrained arguments that would fetch or run code other than the verified files.
@@ -104,6 +107,10 @@ class Worker:
             raise Refused(f"handle {handle!r} does not name a live worker object")
         return self.objects[handle]
 
+    # for the op handlers in their own modules (model_loaders, ...)
+    register = _register
+    target = _target
+
     # messaging ----------------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
         self.channel.send(message)
@@ -125,7 +132,7 @@ class Worker:
     def dispatch(self, request: dict[str, Any]) -> None:
         try:
             value = self.handle(request)
-        except (CodeRefused, Refused) as exc:
+        except (CodeRefused, Refused, LoadRefused) as exc:
             self.send(
                 {
                     "op": protocol.ERROR,
@@ -199,6 +206,9 @@ class Worker:
                 raise Refused("a seed must be an integer in [0, 2**64)")
             torch.manual_seed(seed)
             return None
+        handler = MODEL_HANDLERS.get(op) or DERIVATION_HANDLERS.get(op)
+        if handler is not None:
+            return handler(self, request)
         if op == protocol.RELEASE:
             return None
         if op in WorkerAssets.OPS:
