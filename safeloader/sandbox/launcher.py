@@ -17,12 +17,13 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import sys
 from typing import Any, NoReturn
 
-from safeloader.sandbox import _libc, filesystem, mountview, privileges, processes, resources
+from safeloader.sandbox import _libc, cgroups, filesystem, mountview, privileges, processes, resources, scratch
 
 NAMESPACES = (
     _libc.CLONE_NEWUSER
@@ -51,13 +52,31 @@ def _die_with_parent(config: dict[str, Any]) -> None:
 
 def _mount_view(config: dict[str, Any]) -> None:
     mountview.make_mounts_private()
-    mountview.apply(config["covers"], set(config["read_only"]), [tuple(b) for b in config["file_binds"]])
+    # The capped tmpfs first: covering a hidden directory (gpu mode hides /tmp) binds HOME/TMPDIR back from it.
+    if config["scratch"] is not None:
+        scratch.mount_scratch(
+            config["scratch"]["dir"],
+            config["scratch"]["targets"],
+            config["uid"],
+            config["gid"],
+            config["scratch"]["size_mb"],
+        )
+    mountview.apply(config["covers"], set(config["read_only"]), config["file_binds"], config["uid"], config["gid"])
+
+
+def _enter_cgroup(config: dict[str, Any]) -> None:
+    """Join the worker's memory/pids group before anything forks, shielded from the OOM killer."""
+    if config["cgroup_procs"]:
+        cgroups.shield_from_oom_killer()
+        cgroups.join(config["cgroup_procs"])
 
 
 def _exec_worker(config: dict[str, Any], sock: int, status: int) -> NoReturn:
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if config["namespaces"]:
         processes.mount_fresh_proc()
+    if config["cgroup_procs"]:
+        cgroups.volunteer_for_oom_killer()  # the launcher is shielded: the OOM killer takes the worker
     resources.apply_rlimits(config["rlimits"])
     # Arrange fds before Landlock: opens after it are checked, and only 0-4 may survive exec.
     # Copies above the targets first, so that no dup2 below is a no-op that keeps a close-on-exec flag.
@@ -102,7 +121,10 @@ def _wait_for(child: int, lifeline: int) -> NoReturn:
 def run(config: dict[str, Any]) -> NoReturn:
     status, sock, lifeline = config["status_fd"], config["sock_fd"], config["lifeline_fd"]
     uid, gid = config["uid"], config["gid"]
+    # The launcher re-raises the worker's fatal signal on itself: that must never write a core file.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _die_with_parent(config)
+    _enter_cgroup(config)
     if config["as_root"]:
         _libc.unshare(_libc.CLONE_NEWNS)
         _mount_view(config)
