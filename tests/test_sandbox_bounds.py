@@ -243,3 +243,21 @@ def test_doctor_json_shows_the_bounds(capsys: pytest.CaptureFixture[str]) -> Non
     assert "RLIMIT_DATA" in facts["memory_bound"] and "RLIMIT_NPROC" in facts["process_bound"]
     if cgroups.unavailable() is None:
         assert "cgroup v" in facts["memory_bound"] and "pids.max" in facts["process_bound"]
+
+
+@needs_cgroup
+def test_groups_left_by_a_dead_caller_are_swept_and_a_closed_worker_leaves_none() -> None:
+    hierarchy, _ = cgroups.detect()
+    assert hierarchy is not None
+    dead_pid = 2**22 + 12345  # above pid_max's default: no such process
+    stale = [hierarchy.memory_parent / f"{cgroups.GROUP_PREFIX}{dead_pid}-0badc0de"]
+    stale.append(hierarchy.pids_parent / stale[0].name)
+    for directory in dict.fromkeys(stale):
+        directory.mkdir()
+    group = cgroups.create(256 << 20, 16)
+    try:
+        assert not any(directory.exists() for directory in stale)
+        assert group.memory_dir.is_dir() and group.pids_dir.is_dir()
+    finally:
+        group.remove()
+    assert not group.memory_dir.exists() and not group.pids_dir.exists()

@@ -138,3 +138,12 @@ def test_one_rule_for_every_kind_of_entry(tmp_path: Path) -> None:
     assert "FIFO" in str(why_unsafe((tmp_path / "fifo").lstat()))
     (tmp_path / "link").symlink_to(plain)
     assert "symbolic link" in str(why_unsafe((tmp_path / "link").lstat()))
+
+
+def test_a_fifo_as_model_index_is_refused_before_the_caller_reads_it(tiny_model_copy: Path) -> None:
+    from safeloader import DiffusionPipeline
+
+    (tiny_model_copy / "model_index.json").unlink()
+    os.mkfifo(tiny_model_copy / "model_index.json")  # reading it would block the caller forever
+    with pytest.raises(UnsafeLocalFile, match="FIFO"):
+        DiffusionPipeline.from_pretrained(str(tiny_model_copy))

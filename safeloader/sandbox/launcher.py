@@ -1,11 +1,13 @@
 """The launcher: ``python -m safeloader.sandbox.launcher CONFIG_JSON``, started by :func:`.spawn.spawn_worker`.
 
-A fresh interpreter (not a fork of the multithreaded caller) that, still root: makes a private mount
-namespace and the worker's mount view; drops to the worker uid; unshares user, mount, PID, net, IPC, UTS
-and cgroup namespaces; forks the worker as PID 1 of the new PID namespace; then waits, killing the worker
-when the caller goes away (lifeline pipe EOF, and ``PR_SET_PDEATHSIG`` when spawned from the main thread).
-The worker child mounts a fresh ``/proc``, sets rlimits, arranges fds (0 null, 1-2 log, 3 IPC socket, 4 the
-status pipe the in-worker bootstrap closes), drops capabilities, applies Landlock and execs Python.
+A fresh interpreter (not a fork of the multithreaded caller) that first joins the worker's memory/pids
+cgroup (see :mod:`.cgroups`), then, still root: makes a private mount namespace, the capped tmpfs for
+HOME and TMPDIR (:mod:`.scratch`) and the worker's mount view; drops to the worker uid; unshares user,
+mount, PID, net, IPC, UTS and cgroup namespaces; forks the worker as PID 1 of the new PID namespace; then
+waits, killing the worker when the caller goes away (lifeline pipe EOF, and ``PR_SET_PDEATHSIG`` when
+spawned from the main thread). The worker child mounts a fresh ``/proc``, volunteers for the OOM killer,
+sets every rlimit, arranges fds (0 null, 1-2 the output pipe, 3 IPC socket, 4 the status pipe the
+in-worker bootstrap closes), drops capabilities, applies Landlock and execs Python.
 
 Status lines (JSON, one ``write`` each) go to the caller over the status pipe: ``worker_pid``, ``landlock``,
 ``error``. Exit status mirrors the worker's (a signal death is re-raised on the launcher).

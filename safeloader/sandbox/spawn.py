@@ -446,6 +446,7 @@ def _launch(
     finally:
         os.close(status_r)
     if "error" in messages or "in_worker" not in messages:
+        worker.wait(_OUTPUT_DRAIN_S)  # its last words are in the pipe once it has exited
         tail = worker.stderr_tail(5)
         worker.close()
         reason = messages.get("error") or f"the worker exited during set-up; its last output: {tail or '(none)'}"

@@ -73,7 +73,12 @@ ALLOWED = (
     "setsockopt", "getsockname", "getpeername",
 )  # fmt: skip
 #: Also allowed with ``gpu = true`` (besides ``socket(AF_UNIX)``).
-GPU_ALLOWED = ("connect", "bind", "listen", "accept", "accept4", "mlock", "munlock", "mlock2")
+#: Not measured (no GPU in this round): libcuda's AF_UNIX socket calls, page locking, and SysV shared memory
+#: (the worker has its own IPC namespace, and the memory cgroup counts those pages).
+GPU_ALLOWED = (
+    "connect", "bind", "listen", "accept", "accept4", "mlock", "munlock", "mlock2",
+    "shmget", "shmat", "shmdt", "shmctl",
+)  # fmt: skip
 
 #: Refused with EPERM by name (everything else unnamed gets ENOSYS). Kept explicit so that the refusal is
 #: unmistakable and so that no later edit of :data:`ALLOWED` can let one of them through (see the test).
