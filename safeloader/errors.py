@@ -80,6 +80,10 @@ class PathTraversalError(ResolveError):
     """A file name or relative import would leave the pipeline's root."""
 
 
+class UnsafeLocalFile(ResolveError):
+    """A local model or pipeline folder holds something other than plain files and directories."""
+
+
 class DownloadError(ResolveError):
     """A download failed or was cut short; nothing was stored."""
 

@@ -19,6 +19,7 @@ from safeloader.errors import (
     PickleWeightsRefused,
     ResolveError,
 )
+from safeloader.localfiles import check_plain
 from safeloader.policy import Policy
 
 logger = logging.getLogger("safeloader")
@@ -57,6 +58,8 @@ def _list_files(root: Path) -> tuple[str, ...]:
 
 def _read_model_index(directory: Path, label: str) -> dict[str, Any]:
     path = directory / "model_index.json"
+    if path.exists():
+        check_plain(path.resolve(), shown_as=path)  # the caller reads it: never a hard link, FIFO or device
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

@@ -16,7 +16,7 @@ from safeloader.policy import (
     with_overrides,
 )
 from safeloader.policy.loader import BUILTIN_POLICY_DIR
-from safeloader.policy.schema import Policy
+from safeloader.policy.schema import DEFAULT_REQUIRED_LAYERS, Policy
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -30,7 +30,10 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 def test_builtins_load_and_keep_the_sandbox_fully_on(name: str) -> None:
     policy = load_policy(name)
     assert policy.name == name and policy.origin[0].endswith(f"{name}.toml")
-    assert policy.sandbox.require == SANDBOX_LAYERS and policy.sandbox.network is False
+    assert set(DEFAULT_REQUIRED_LAYERS) <= set(policy.sandbox.require) and policy.sandbox.network is False
+    assert set(policy.sandbox.require) <= set(SANDBOX_LAYERS)
+    if name == "strict":  # strict also requires the memory cgroup (fails closed on hosts without one)
+        assert policy.sandbox.require == SANDBOX_LAYERS
     assert policy.weights.allow_pickle is False
 
 
@@ -101,6 +104,8 @@ def test_policy_given_as_value_path_env_or_default(tmp_path: Path, monkeypatch: 
         ("[sandbox]\nmemory_limit_mb = true\n", "'sandbox.memory_limit_mb' must be a int"),
         ("[sandbox]\nmemory_limit_mb = -1\n", "'sandbox.memory_limit_mb' must be a positive number"),
         ("[sandbox]\ncall_timeout_s = 0\n", "'sandbox.call_timeout_s' must be a positive number"),
+        ("[sandbox]\ntmp_size_mb = 0\n", "'sandbox.tmp_size_mb' must be a positive number"),
+        ("[sandbox]\ntmp_size_mb = '1G'\n", "'sandbox.tmp_size_mb' must be a int"),
         ("[sandbox]\nthreads = 1000\n", "'sandbox.threads' must be between"),
         ("[sandbox]\nrequire = ['firewall']\n", "unknown layer 'firewall'"),
         ("[sources]\nallow = 'acme/*'\n", "'sources.allow' must be a list[str]"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -15,6 +16,19 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _bounds_text(facts: Mapping[str, Any]) -> str:
+    """The bounds on memory, processes and disk and the seccomp allow list's size, one line each."""
+    allowed = facts.get("seccomp_allowed_syscalls")
+    lines = [
+        "bounds:",
+        f"  memory     {facts.get('memory_bound') or 'unknown (the probe did not start)'}",
+        f"  processes  {facts.get('process_bound') or 'unknown'}",
+        f"  disk       {facts.get('tmp_bound') or 'unknown'}",
+        f"  syscalls   {f'{allowed} allowed, every other one refused' if allowed else 'no seccomp allow list'}",
+    ]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from safeloader.sandbox.probe import probe_host
 
@@ -23,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.format_text())
+        print(_bounds_text(report.facts))
         if report.missing:
             print("Layers marked OFF are not provided here; a policy that requires them will refuse to load.")
     return 0 if report.all_active else 1

@@ -235,13 +235,16 @@ class WorkerSession:
             self.worker.kill()
             self.worker.wait(_CLOSE_GRACE_S)
         tail = self.worker.stderr_tail(20)
+        # Why the kernel ended it (the memory cgroup's OOM kill, a stack overflow), read before close().
+        exit_cause = getattr(self.worker, "exit_cause", lambda: None)()
         self.closed = True
         self._close_bars()
         self.worker.close()
         _live_sessions.discard(self)
         last = tail.strip().splitlines()[-1] if tail.strip() else "no stderr output"
         return WorkerCrashed(
-            f"the sandboxed worker {_exit_description(returncode)} while {doing} (last stderr line: {last}); "
+            f"the sandboxed worker {_exit_description(returncode)} while {doing} "
+            f"({exit_cause + '; ' if exit_cause else ''}last stderr line: {last}); "
             "check the pipeline code, or raise [sandbox] memory_limit_mb if it ran out of memory.",
             returncode=returncode,
             stderr_tail=tail,

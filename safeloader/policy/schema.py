@@ -23,7 +23,11 @@ SANDBOX_LAYERS: tuple[str, ...] = (
     "filesystem",
     "syscalls",
     "resources",
+    "cgroup",
 )
+#: Required when a policy does not say: every layer except ``cgroup``, which needs root (or a delegated
+#: cgroup v2 subtree) — without it memory is still bounded by rlimits, only not shared memory and stack.
+DEFAULT_REQUIRED_LAYERS: tuple[str, ...] = tuple(layer for layer in SANDBOX_LAYERS if layer != "cgroup")
 
 
 def severity_rank(severity: str) -> int:
@@ -72,12 +76,14 @@ class SandboxPolicy:
     write_paths: tuple[str, ...] = ()
     env_allow: tuple[str, ...] = ()
     #: Layers that must be active; a layer missing on the host and listed here is an error.
-    require: tuple[str, ...] = SANDBOX_LAYERS
+    require: tuple[str, ...] = DEFAULT_REQUIRED_LAYERS
     #: Number of torch intra-op threads in the worker (0: the number of CPUs, at most 8).
     threads: int = 0
     isolate_plain_pipelines: bool = True
     #: Most bytes one ``save_pretrained`` (or ``output_dir``) may copy back from the worker into the caller's folder.
     max_output_mb: int = 16384
+    #: Size of the tmpfs holding the worker's HOME and TMPDIR (its only writable space), in MiB.
+    tmp_size_mb: int = 1024
 
 
 @dataclass(frozen=True)

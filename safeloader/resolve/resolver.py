@@ -23,6 +23,7 @@ from safeloader.errors import (
     SourceDenied,
     UnpinnedRevisionError,
 )
+from safeloader.localfiles import check_plain
 from safeloader.policy import Policy, source_allowed
 from safeloader.resolve.cache import Cache, entry_key
 from safeloader.resolve.hub import (
@@ -109,6 +110,8 @@ def _resolve_local(target: LocalTarget, policy: Policy, cache: Cache, extra_entr
                 f"{relpath} in {root} resolves to {real}, outside the pipeline directory; "
                 "refusing it — replace the symlink with the file itself."
             )
+        if os.path.lexists(real):
+            check_plain(real, shown_as=path)  # no hard link, device, FIFO or socket is ever read
         return real
 
     def exists(relpath: str) -> bool:

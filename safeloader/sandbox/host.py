@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from safeloader.sandbox import filesystem, network, privileges, processes, syscalls
+from safeloader.sandbox import cgroups, filesystem, network, privileges, processes, syscalls
 
 #: Layer → check returning why the host lacks it (``None``: available). Tests may patch entries.
 CHECKS: dict[str, Callable[[], str | None]] = {
@@ -19,6 +19,7 @@ CHECKS: dict[str, Callable[[], str | None]] = {
     "filesystem": filesystem.unavailable,
     "syscalls": syscalls.unavailable,
     "resources": lambda: None,
+    "cgroup": cgroups.unavailable,
 }
 
 #: The policy key a user changes to accept a missing layer.

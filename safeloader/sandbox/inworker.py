@@ -45,8 +45,10 @@ def finish_confinement() -> list[LayerStatus]:
         status = LayerStatus(
             "syscalls",
             True,
-            f"seccomp filter ({len(program) // 8} BPF instructions): no exec, fork, ptrace, mount, "
-            "namespaces, sockets, io_uring, bpf, keyctl, perf, module or kexec calls",
+            f"seccomp allow list of {config.get('seccomp_allowed')} syscalls ({len(program) // 8} BPF "
+            "instructions), every other call refused by number (ENOSYS; EPERM for exec, fork, ptrace, mount, "
+            "namespaces, sockets, io_uring, bpf, keyctl, perf, module and kexec calls); x32 and foreign "
+            "architectures kill the process",
             config["seccomp_required"],
         )
     _statuses = [status]

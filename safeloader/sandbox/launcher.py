@@ -1,11 +1,13 @@
 """The launcher: ``python -m safeloader.sandbox.launcher CONFIG_JSON``, started by :func:`.spawn.spawn_worker`.
 
-A fresh interpreter (not a fork of the multithreaded caller) that, still root: makes a private mount
-namespace and the worker's mount view; drops to the worker uid; unshares user, mount, PID, net, IPC, UTS
-and cgroup namespaces; forks the worker as PID 1 of the new PID namespace; then waits, killing the worker
-when the caller goes away (lifeline pipe EOF, and ``PR_SET_PDEATHSIG`` when spawned from the main thread).
-The worker child mounts a fresh ``/proc``, sets rlimits, arranges fds (0 null, 1-2 log, 3 IPC socket, 4 the
-status pipe the in-worker bootstrap closes), drops capabilities, applies Landlock and execs Python.
+A fresh interpreter (not a fork of the multithreaded caller) that first joins the worker's memory/pids
+cgroup (see :mod:`.cgroups`), then, still root: makes a private mount namespace, the capped tmpfs for
+HOME and TMPDIR (:mod:`.scratch`) and the worker's mount view; drops to the worker uid; unshares user,
+mount, PID, net, IPC, UTS and cgroup namespaces; forks the worker as PID 1 of the new PID namespace; then
+waits, killing the worker when the caller goes away (lifeline pipe EOF, and ``PR_SET_PDEATHSIG`` when
+spawned from the main thread). The worker child mounts a fresh ``/proc``, volunteers for the OOM killer,
+sets every rlimit, arranges fds (0 null, 1-2 the output pipe, 3 IPC socket, 4 the status pipe the
+in-worker bootstrap closes), drops capabilities, applies Landlock and execs Python.
 
 Status lines (JSON, one ``write`` each) go to the caller over the status pipe: ``worker_pid``, ``landlock``,
 ``error``. Exit status mirrors the worker's (a signal death is re-raised on the launcher).
@@ -17,12 +19,13 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import sys
 from typing import Any, NoReturn
 
-from safeloader.sandbox import _libc, filesystem, mountview, privileges, processes, resources
+from safeloader.sandbox import _libc, cgroups, filesystem, mountview, privileges, processes, resources, scratch
 
 NAMESPACES = (
     _libc.CLONE_NEWUSER
@@ -51,13 +54,31 @@ def _die_with_parent(config: dict[str, Any]) -> None:
 
 def _mount_view(config: dict[str, Any]) -> None:
     mountview.make_mounts_private()
-    mountview.apply(config["covers"], set(config["read_only"]), [tuple(b) for b in config["file_binds"]])
+    # The capped tmpfs first: covering a hidden directory (gpu mode hides /tmp) binds HOME/TMPDIR back from it.
+    if config["scratch"] is not None:
+        scratch.mount_scratch(
+            config["scratch"]["dir"],
+            config["scratch"]["targets"],
+            config["uid"],
+            config["gid"],
+            config["scratch"]["size_mb"],
+        )
+    mountview.apply(config["covers"], set(config["read_only"]), config["file_binds"], config["uid"], config["gid"])
+
+
+def _enter_cgroup(config: dict[str, Any]) -> None:
+    """Join the worker's memory/pids group before anything forks, shielded from the OOM killer."""
+    if config["cgroup_procs"]:
+        cgroups.shield_from_oom_killer()
+        cgroups.join(config["cgroup_procs"])
 
 
 def _exec_worker(config: dict[str, Any], sock: int, status: int) -> NoReturn:
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if config["namespaces"]:
         processes.mount_fresh_proc()
+    if config["cgroup_procs"]:
+        cgroups.volunteer_for_oom_killer()  # the launcher is shielded: the OOM killer takes the worker
     resources.apply_rlimits(config["rlimits"])
     # Arrange fds before Landlock: opens after it are checked, and only 0-4 may survive exec.
     # Copies above the targets first, so that no dup2 below is a no-op that keeps a close-on-exec flag.
@@ -102,7 +123,10 @@ def _wait_for(child: int, lifeline: int) -> NoReturn:
 def run(config: dict[str, Any]) -> NoReturn:
     status, sock, lifeline = config["status_fd"], config["sock_fd"], config["lifeline_fd"]
     uid, gid = config["uid"], config["gid"]
+    # The launcher re-raises the worker's fatal signal on itself: that must never write a core file.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _die_with_parent(config)
+    _enter_cgroup(config)
     if config["as_root"]:
         _libc.unshare(_libc.CLONE_NEWNS)
         _mount_view(config)

@@ -4,7 +4,8 @@ Why: the interpreter may live under a 0700 directory (``/root/.pyenv``) and mode
 root-owned. Landlock can only narrow access, never widen it, so the launcher (still root, in a private
 mount namespace) covers each directory the worker cannot traverse with a small tmpfs and binds back just
 the granted paths; the host is untouched and the rest of that directory (``~/.ssh``, the Hub cache) stays
-hidden. Model files the worker cannot read are copied (see :mod:`.modelview`), readable ones are bound.
+hidden. Model files are bound one by one (see :mod:`.modelview`); those the worker uid cannot read get an
+idmapped bind (see :mod:`.idmap`) — no byte is copied.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
-from safeloader.sandbox import _libc
+from safeloader.sandbox import _libc, idmap, modelview
 
 
 def _other_can_traverse(path: str) -> bool:
@@ -65,11 +67,30 @@ def bind(source_fd: int, target: str, read_only: bool) -> None:
         _libc.mount(None, target, None, _libc.MS_BIND | _libc.MS_REMOUNT | _libc.MS_RDONLY)
 
 
-def apply(covers: dict[str, list[str]], read_only: set[str], file_binds: list[tuple[str, str]]) -> None:
-    """Cover blocked ancestors and bind granted paths back; then bind readable model files into the view."""
+def _bind_model_files(bind_sources: list[tuple[int, dict[str, Any]]], uid: int, gid: int) -> None:
+    """Bind each model file onto its placeholder: plain when readable, idmapped (owner → worker) when not."""
+    namespaces: dict[tuple[int, int], int] = {}
+    try:
+        for fd, entry in bind_sources:
+            if entry["map_owner"] is None:
+                bind(fd, entry["target"], read_only=True)
+                continue
+            owner = (int(entry["map_owner"][0]), int(entry["map_owner"][1]))
+            if owner not in namespaces:
+                namespaces[owner] = idmap.user_namespace_mapping(*owner, uid, gid)
+            idmap.bind_mapped(fd, entry["target"], namespaces[owner], entry["shown_as"])
+    finally:
+        for userns_fd in namespaces.values():
+            os.close(userns_fd)
+
+
+def apply(
+    covers: dict[str, list[str]], read_only: set[str], file_binds: list[dict[str, Any]], uid: int, gid: int
+) -> None:
+    """Cover blocked ancestors and bind granted paths back; then bind the model files into the view."""
     # Open every source before the first tmpfs hides it.
     sources = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for paths in covers.values() for path in paths}
-    bind_sources = [(os.open(src, os.O_PATH | os.O_CLOEXEC), dst) for src, dst in file_binds]
+    bind_sources = [(modelview.open_checked(entry), entry) for entry in file_binds]
     for ancestor in sorted(covers, key=len):
         _libc.mount("tmpfs", ancestor, "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV, "mode=0755,size=1m")
         for path in covers[ancestor]:
@@ -79,7 +100,6 @@ def apply(covers: dict[str, list[str]], read_only: set[str], file_binds: list[tu
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 Path(path).touch(mode=0o444)
             bind(sources[path], path, path in read_only)
-    for fd, dst in bind_sources:
-        bind(fd, dst, read_only=True)
+    _bind_model_files(bind_sources, uid, gid)
     for fd in [*sources.values(), *(fd for fd, _ in bind_sources)]:
         os.close(fd)

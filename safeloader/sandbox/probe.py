@@ -12,10 +12,12 @@ from typing import Any
 
 from safeloader.errors import SandboxError
 from safeloader.policy.schema import SANDBOX_LAYERS, SandboxPolicy
-from safeloader.sandbox import host
+from safeloader.sandbox import cgroups, host
 from safeloader.sandbox.report import LayerStatus, SandboxReport
 
 _PROBE_MEMORY_MB = 1024
+#: What bounds memory, processes and disk, and the seccomp allow list's size: shown by ``safeloader doctor``.
+BOUNDS_FACTS = ("memory_bound", "process_bound", "cgroup", "tmp_bound", "tmp_size_mb", "seccomp_allowed_syscalls")
 #: Runs confined; sends one JSON object of observations over fd 3, then waits for the caller to read /proc.
 PROBE_SNIPPET = r"""
 import json, os, resource, socket, sys
@@ -42,6 +44,7 @@ def _proc_status(pid: int) -> dict[str, str]:
     fields = {}
     for ns in ("net", "pid", "user"):
         fields[f"own_{ns}_ns"] = str(os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"))
+    fields["in_worker_cgroup"] = str(cgroups.GROUP_PREFIX in Path(f"/proc/{pid}/cgroup").read_text())
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         fields[key] = value.strip()
@@ -79,6 +82,7 @@ def _judge(seen: dict[str, Any], status: dict[str, str]) -> dict[str, str | None
         "filesystem": (seen.get("read_etc") == "PermissionError", "the probe could read /etc/hostname"),
         "syscalls": (confined, "the probe could fork or create a socket"),
         "resources": (seen.get("rlimit_data") == _PROBE_MEMORY_MB << 20, "RLIMIT_DATA was not applied"),
+        "cgroup": (status.get("in_worker_cgroup") == "True", "the probe was not in a worker cgroup"),
     }
     return {layer: None if ok else problem for layer, (ok, problem) in checks.items()}
 
@@ -99,7 +103,11 @@ def probe_host() -> SandboxReport:
         status = _proc_status(worker.pid) if seen else {}
         worker.sock.sendall(b"x")
         verdict = _judge(seen, status) if seen else {}
-        facts = {"host_uid": worker.report.facts.get("host_uid"), "probe_output": worker.stderr_tail(5)}
+        facts = {
+            "host_uid": worker.report.facts.get("host_uid"),
+            "probe_output": worker.stderr_tail(5),
+            **{key: worker.report.facts.get(key) for key in BOUNDS_FACTS},
+        }
         layers = []
         for started in worker.report.layers:
             problem = missing.get(started.layer) or verdict.get(started.layer, "the probe reported nothing")

@@ -28,6 +28,7 @@ from typing import Any
 from safeloader.errors import SandboxError
 from safeloader.policy.schema import SANDBOX_LAYERS, SandboxPolicy
 from safeloader.sandbox import (
+    cgroups,
     environment,
     filesystem,
     host,
@@ -37,9 +38,11 @@ from safeloader.sandbox import (
     privileges,
     processes,
     resources,
+    scratch,
     syscalls,
 )
 from safeloader.sandbox.report import LayerStatus, SandboxReport
+from safeloader.sandbox.worker_log import OutputTail
 
 log = logging.getLogger("safeloader")
 
@@ -60,6 +63,8 @@ class SandboxedWorker:
     _launcher: subprocess.Popen[bytes]
     _private_dir: Path
     _lifeline: int
+    _output: OutputTail
+    _cgroup: cgroups.WorkerCgroup | None = None
     _closed: bool = field(default=False)
 
     def poll(self) -> int | None:
@@ -82,13 +87,14 @@ class SandboxedWorker:
             self._launcher.wait()
 
     def stderr_tail(self, lines: int = 20) -> str:
-        try:
-            with open(self._private_dir / "worker.log", "rb") as logfile:
-                logfile.seek(max(0, os.fstat(logfile.fileno()).st_size - 65536))
-                text = logfile.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        """The last lines the worker (and its launcher) wrote to stdout/stderr; only the newest are kept."""
+        if self.poll() is not None:
+            self._output.wait_for_end(_OUTPUT_DRAIN_S)  # everything written before the exit is in the tail
+        return self._output.text(lines)
+
+    def exit_cause(self) -> str | None:
+        """Why the kernel ended the worker, when safeloader can tell (memory cgroup OOM kill, stack overflow)."""
+        return _exit_cause(self.poll(), self._cgroup)
 
     def complete_report(self, in_worker: Sequence[LayerStatus]) -> None:
         """Replace layer statuses with those the worker itself reported."""
@@ -107,6 +113,8 @@ class SandboxedWorker:
             self._lifeline = -1
         self.sock.close()
         shutil.rmtree(self._private_dir, ignore_errors=True)
+        if self._cgroup is not None:
+            self._cgroup.remove()
         with _live_lock:
             _live_workers.discard(self)
 
@@ -115,6 +123,24 @@ class SandboxedWorker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+#: How long reading the worker's output may wait for the pipe's end once the launcher has exited.
+_OUTPUT_DRAIN_S = 2.0
+
+
+def _exit_cause(returncode: int | None, group: cgroups.WorkerCgroup | None) -> str | None:
+    if group is not None and group.oom_kills() > 0:
+        return (
+            f"the kernel's OOM killer ended it at the memory cgroup limit of {group.memory_bytes >> 20} MiB "
+            "([sandbox] memory_limit_mb, which counts shared memory, tmpfs files and stacks too)"
+        )
+    if returncode == -signal.SIGSEGV:
+        return (
+            f"SIGSEGV is also how a stack overflow past RLIMIT_STACK ({resources.STACK_BYTES >> 20} MiB) ends, "
+            "as well as a native crash"
+        )
+    return None
 
 
 @atexit.register
@@ -166,7 +192,50 @@ def _private_dirs(uid: int, gid: int) -> tuple[Path, Path, Path]:
     for path in (home, tmp):
         path.mkdir(mode=0o700)
         os.chown(path, uid, gid)
+    (root / _SCRATCH).mkdir(mode=0o700)  # the launcher mounts the capped tmpfs here (see scratch.py)
     return root, home, tmp
+
+
+_SCRATCH = "scratch"
+#: Tasks in the worker's cgroup besides the worker's own threads: the launcher.
+_LAUNCHER_TASKS = 2
+
+
+def _worker_cgroup(policy: SandboxPolicy, missing: dict[str, str]) -> cgroups.WorkerCgroup | None:
+    """The worker's memory + pids cgroup; fails closed when the policy requires one and it cannot be made."""
+    if "cgroup" in missing:
+        return None
+    try:
+        return cgroups.create(policy.memory_limit_mb << 20, resources.process_limit(policy) + _LAUNCHER_TASKS)
+    except OSError as exc:
+        if "cgroup" in policy.require:
+            raise SandboxError(
+                f"the sandbox layer 'cgroup' is required by the policy but creating the worker's cgroup failed "
+                f"({exc}); run as root, or remove 'cgroup' from '{host.POLICY_KEY}' in your policy."
+            ) from exc
+        missing["cgroup"] = str(exc)
+        log.warning("SANDBOX LAYER OFF: 'cgroup' could not be set up (%s)", exc)
+        return None
+
+
+def _bounds_facts(
+    policy: SandboxPolicy, group: cgroups.WorkerCgroup | None, tmpfs: bool, program: bytes | None
+) -> dict[str, Any]:
+    """What bounds memory, processes and disk, and how many syscalls seccomp allows, for reports and doctor."""
+    limits = resources.rlimits(policy)
+    memory = f"RLIMIT_DATA {policy.memory_limit_mb} MiB (private memory only)"
+    processes_bound = f"RLIMIT_NPROC {limits['RLIMIT_NPROC']}"
+    if group is not None:
+        memory = f"cgroup v{group.version} memory {group.memory_bytes >> 20} MiB, no swap (all memory) + {memory}"
+        processes_bound = f"cgroup v{group.version} pids.max {group.pids_max} + {processes_bound}"
+    return {
+        "memory_bound": memory,
+        "process_bound": processes_bound,
+        "cgroup": None if group is None else {"version": group.version, "memory_dir": str(group.memory_dir)},
+        "tmp_bound": scratch.detail(policy.tmp_size_mb, tmpfs),
+        "tmp_size_mb": policy.tmp_size_mb if tmpfs else None,
+        "seccomp_allowed_syscalls": syscalls.allowed_count(policy.gpu) if program else None,
+    }
 
 
 def _landlock_plan(policy: SandboxPolicy, ro_extra: list[str], rw: list[str]) -> filesystem.LandlockPlan:
@@ -237,7 +306,14 @@ def spawn_worker(
             log.warning("SANDBOX LAYER OFF: 'syscalls' is not available (%s)", exc)
     uid, gid = privileges.allocate_worker_ids()
     as_root = os.geteuid() == 0
-    private, home, tmp = _private_dirs(uid, gid)
+    group = _worker_cgroup(policy, missing)
+    try:
+        private, home, tmp = _private_dirs(uid, gid)
+    except BaseException:
+        if group is not None:
+            group.remove()
+        raise
+    tmpfs = as_root or namespaces
     try:
         view = private / "model" if model_dir is not None else None
         binds = modelview.build(Path(model_dir), view, uid, gid) if model_dir is not None and view else []
@@ -251,6 +327,7 @@ def spawn_worker(
             "status_fd": 4,
             "seccomp": base64.b64encode(program).decode() if program else None,
             "seccomp_missing": missing.get("syscalls"),
+            "seccomp_allowed": syscalls.allowed_count(policy.gpu) if program else None,
             "seccomp_required": "syscalls" in policy.require,
         }
         env = environment.worker_environment(
@@ -278,6 +355,14 @@ def spawn_worker(
                 "covers": covers,
                 "read_only": plan.read_only,
                 "file_binds": binds,
+                "scratch": {
+                    "dir": str(private / _SCRATCH),
+                    "targets": [str(home), str(tmp)],
+                    "size_mb": policy.tmp_size_mb,
+                }
+                if tmpfs
+                else None,
+                "cgroup_procs": group.procs_files if group is not None else None,
                 "landlock": plan.to_dict() if "filesystem" not in missing else None,
                 "rlimits": limits,
                 "cwd": str(tmp),
@@ -286,32 +371,41 @@ def spawn_worker(
             },
             private,
             pythonpath,
+            group,
         )
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
+        if group is not None:
+            group.remove()
         raise
+    facts = _bounds_facts(policy, group, tmpfs, program)
     details = {
         "environment": environment.status(env, True).detail,
         "privileges": f"host uid {uid}/gid {gid} in its own user namespace; no capabilities; no_new_privs",
         "network": network.DETAIL + (network.GPU_EXCEPTION if policy.gpu else ""),
         "processes": processes.DETAIL + (processes.SIGNAL_SCOPE_DETAIL if filesystem.abi_version() >= 6 else ""),
         "filesystem": worker.report.facts.get("landlock", ""),
-        "resources": resources.detail(limits),
+        "resources": resources.detail(limits, facts["memory_bound"]) + "; " + facts["tmp_bound"],
+        "cgroup": group.describe() if group is not None else "",
     }
     layers = _layer_statuses(policy, missing, details)
     worker.report = SandboxReport(
-        layers=tuple(layers), facts={**worker.report.facts, "host_uid": uid, "host_gid": gid, "worker_pid": worker.pid}
+        layers=tuple(layers),
+        facts={**worker.report.facts, **facts, "host_uid": uid, "host_gid": gid, "worker_pid": worker.pid},
     )
     worker.complete_report([LayerStatus.from_dict(item) for item in worker.report.facts.get("in_worker", [])])
     worker.model_dir = view
     return worker
 
 
-def _launch(config: dict[str, Any], private: Path, pythonpath: str | None) -> SandboxedWorker:
+def _launch(
+    config: dict[str, Any], private: Path, pythonpath: str | None, group: cgroups.WorkerCgroup | None
+) -> SandboxedWorker:
     caller_sock, worker_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     lifeline_r, lifeline_w = os.pipe()
     status_r, status_w = os.pipe()
-    log_fd = os.open(private / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    output = OutputTail()  # the worker's stdout/stderr: a pipe, only its newest bytes kept (see worker_log.py)
+    log_fd = output.write_fd
     config.update(
         sock_fd=worker_sock.fileno(),
         lifeline_fd=lifeline_r,
@@ -335,10 +429,13 @@ def _launch(config: dict[str, Any], private: Path, pythonpath: str | None) -> Sa
             cwd="/",
         )
     finally:
-        for fd in (lifeline_r, status_w, log_fd):
+        for fd in (lifeline_r, status_w):
             os.close(fd)
+        output.close_write_end()
         worker_sock.close()
-    worker = SandboxedWorker(caller_sock, launcher.pid, SandboxReport(()), None, launcher, private, lifeline_w)
+    worker = SandboxedWorker(
+        caller_sock, launcher.pid, SandboxReport(()), None, launcher, private, lifeline_w, output, group
+    )
     with _live_lock:
         _live_workers.add(worker)
     try:
@@ -349,6 +446,7 @@ def _launch(config: dict[str, Any], private: Path, pythonpath: str | None) -> Sa
     finally:
         os.close(status_r)
     if "error" in messages or "in_worker" not in messages:
+        worker.wait(_OUTPUT_DRAIN_S)  # its last words are in the pipe once it has exited
         tail = worker.stderr_tail(5)
         worker.close()
         reason = messages.get("error") or f"the worker exited during set-up; its last output: {tail or '(none)'}"
