@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 from safeloader.audit.analyzer import RelativeImport
@@ -40,18 +39,6 @@ def relative_candidates(importer: str, spec: RelativeImport) -> list[tuple[str, 
     return groups
 
 
-def _relative_imports(source: bytes, relpath: str) -> list[RelativeImport]:
-    try:
-        tree = ast.parse(source, filename=relpath)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []  # the audit itself reports the parse failure
-    return [
-        RelativeImport(node.level, node.module or "", tuple(a.name for a in node.names), node.lineno, node.col_offset)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.level
-    ]
-
-
 def _read(root: Path, relpath: str) -> bytes:
     path = root / relpath
     resolved = path.resolve()
@@ -71,8 +58,13 @@ def _read(root: Path, relpath: str) -> bytes:
         raise AuditError(f"cannot read {path} ({exc.strerror}); check that it exists and is readable.") from exc
 
 
-def collect_local(root: Path, entries: list[str]) -> dict[str, bytes]:
-    """Read the entries and, transitively, every file they import relatively, staying inside ``root``."""
+def collect_local(
+    root: Path, entries: list[str], relative_imports_of: Callable[[str, bytes], tuple[RelativeImport, ...]]
+) -> dict[str, bytes]:
+    """Read the entries and, transitively, every file they import relatively, staying inside ``root``.
+
+    ``relative_imports_of(relpath, data)`` audits a file as it is read and returns its relative imports: the
+    graph never parses a file itself (the audit's one parse per file serves both)."""
     root = root.resolve()
     files: dict[str, bytes] = {}
     pending = list(entries)
@@ -89,7 +81,7 @@ def collect_local(root: Path, entries: list[str]) -> dict[str, bytes]:
                 "bytes); audit a smaller pipeline directory."
             )
         files[relpath] = data
-        for spec in _relative_imports(data, relpath):
+        for spec in relative_imports_of(relpath, data):
             try:
                 groups = relative_candidates(relpath, spec)
             except OutsideRoot:
