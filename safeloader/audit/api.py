@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from safeloader.audit.analyzer import FileAnalysis, FileAnalyzer, RawHit, RelativeImport
-from safeloader.audit.graph import OutsideRoot, check_sizes, collect_local, relative_candidates
+from safeloader.audit.graph import OutsideRoot, check_sizes, collect_local, read_in_root, relative_candidates
 from safeloader.audit.model import AuditReport, Finding, ImportRecord, RestrictedOutcome, decide_verdict
 from safeloader.audit.rules import RULES
 from safeloader.errors import AuditError
@@ -229,10 +229,13 @@ def audit_manifest(manifest: Manifest, policy: Policy, cache: AuditCache | None 
     return audit_sources(files, policy, entry=manifest.entry, label=label, base=base, cache=cache)
 
 
-def audit_path(path: Path, policy: Policy, cache: AuditCache | None = None) -> AuditReport:
+def audit_path(path: Path, policy: Policy, cache: AuditCache | None = None, *, jobs: int = 1) -> AuditReport:
     """Audit a local ``.py`` file or directory: the entry (``pipeline.py``, else every top-level ``.py``) plus
     everything it imports relatively. Each file is audited as it is read, and the import graph follows the
-    relative imports that audit found (no second parse)."""
+    relative imports that audit found (no second parse).
+
+    ``jobs > 1`` audits the entries of a large directory on that many forked processes
+    (:mod:`safeloader.audit.parallel`); only for single-threaded callers such as the CLI."""
     path = Path(path)
     if path.is_file():
         root, entries, base = path.resolve().parent, [path.name], str(path.parent)
@@ -251,11 +254,19 @@ def audit_path(path: Path, policy: Policy, cache: AuditCache | None = None) -> A
     results: dict[str, FileResult] = {}
 
     def relative_imports_of(relpath: str, data: bytes) -> tuple[RelativeImport, ...]:
-        result = audit_file(data, relpath, label, policy, cache)
-        results[relpath] = result
+        result = results.get(relpath)
+        if result is None or result.sha256 != hashlib.sha256(data).hexdigest():
+            result = audit_file(data, relpath, label, policy, cache)  # not audited yet, or changed since
+            results[relpath] = result
         return result.analysis.relative_imports
 
     with _cycle_collector_paused():
+        if jobs > 1 and len(entries) > 1:
+            from safeloader.audit.parallel import audit_in_parallel
+
+            items = [(entry, read_in_root(root, entry)) for entry in entries]
+            check_sizes(dict(items), label)
+            results.update(audit_in_parallel(items, label, policy, cache, jobs))
         files = collect_local(root, entries, relative_imports_of)
     check_sizes(files, label)
     return _report(

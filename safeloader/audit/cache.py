@@ -96,7 +96,7 @@ class AuditCache:
                 raw = handle.read(_MAX_ENTRY_BYTES + 1)
             if len(raw) > _MAX_ENTRY_BYTES:
                 return None
-            return _decode(json.loads(raw), key, relpath)
+            return decode_result(json.loads(raw), key, relpath)
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
@@ -104,7 +104,7 @@ class AuditCache:
         """Best effort: a cache that cannot be written only costs the next audit its speed."""
         key = self.key(relpath, sha256)
         path = self._path(key)
-        data = json.dumps(_encode(key, analysis, restricted), separators=(",", ":")).encode()
+        data = json.dumps(encode_result(key, analysis, restricted), separators=(",", ":")).encode()
         # A unique temp name in the target directory, created exclusively (never follows a planted link).
         tmp = path.parent / f".{key[:16]}.{os.getpid()}.{next(_TEMP_COUNTER)}.tmp"
         try:
@@ -123,7 +123,7 @@ class AuditCache:
                 os.unlink(tmp)
 
 
-def _encode(key: str, analysis: FileAnalysis, restricted: RestrictedOutcome | None) -> dict[str, Any]:
+def encode_result(key: str, analysis: FileAnalysis, restricted: RestrictedOutcome | None) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "key": key,
@@ -146,7 +146,7 @@ def _int(value: Any) -> int:
     return value
 
 
-def _decode(entry: Any, key: str, relpath: str) -> tuple[FileAnalysis, RestrictedOutcome | None] | None:
+def decode_result(entry: Any, key: str, relpath: str) -> tuple[FileAnalysis, RestrictedOutcome | None] | None:
     """Rebuild a result from JSON, checking every field's type; raises on anything unexpected."""
     from safeloader.audit.rules import RULES
 

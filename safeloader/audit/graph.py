@@ -39,7 +39,8 @@ def relative_candidates(importer: str, spec: RelativeImport) -> list[tuple[str, 
     return groups
 
 
-def _read(root: Path, relpath: str) -> bytes:
+def read_in_root(root: Path, relpath: str) -> bytes:
+    """The bytes of ``root/relpath``, refusing links out of ``root`` and oversized files."""
     path = root / relpath
     resolved = path.resolve()
     if not resolved.is_relative_to(root):
@@ -73,7 +74,7 @@ def collect_local(
         relpath = pending.pop()
         if relpath in files:
             continue
-        data = _read(root, relpath)
+        data = read_in_root(root, relpath)
         total += len(data)
         if total > MAX_TOTAL_BYTES or len(files) >= MAX_FILES:
             raise AuditError(

@@ -17,6 +17,7 @@ from safeloader.audit.api import audit_manifest, audit_path
 from safeloader.audit.cache import AuditCache
 from safeloader.audit.formats import FORMATS
 from safeloader.audit.model import AuditReport
+from safeloader.audit.parallel import default_jobs
 from safeloader.errors import AuditError, CacheError
 from safeloader.policy import SEVERITIES, load_policy, with_overrides
 from safeloader.policy.schema import Policy
@@ -39,6 +40,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", type=Path, help="write the report to this file instead of stdout")
     parser.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that fails (overrides the policy)")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes for a large directory (default: one per available CPU, at most 8; 1: no subprocesses)",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="audit every file afresh: neither read nor write the audit cache under $SAFELOADER_CACHE",
@@ -46,9 +54,9 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _audit_spec(spec: str, policy: Policy, revision: str | None, cache: AuditCache | None) -> AuditReport:
+def _audit_spec(spec: str, policy: Policy, revision: str | None, cache: AuditCache | None, jobs: int) -> AuditReport:
     if Path(spec).exists():
-        return audit_path(Path(spec), policy, cache)
+        return audit_path(Path(spec), policy, cache, jobs=jobs)
     try:
         from safeloader.resolve import resolve_pipeline
     except ImportError as exc:
@@ -80,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         policy = with_overrides(policy, audit={"fail_on": args.fail_on})
     # The cache key binds the policy: build it after --fail-on changed the policy.
     cache = None if args.no_cache else AuditCache(policy)
-    reports = [_audit_spec(spec, policy, args.revision, cache) for spec in args.specs]
+    jobs = args.jobs if args.jobs > 0 else default_jobs()
+    reports = [_audit_spec(spec, policy, args.revision, cache, jobs) for spec in args.specs]
     document = FORMATS[args.format](reports)
     if args.output is not None:
         _write_atomically(args.output, document)
