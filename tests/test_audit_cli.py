@@ -147,3 +147,25 @@ def test_parallel_directory_audit_matches_the_serial_one(tmp_path: Path) -> None
     (corpus / "p39.py").write_bytes(b"def (:\n")
     broken = run("--jobs", "2")
     assert broken.returncode == 2 and b"p39.py line 1 is not valid Python" in broken.stderr
+
+
+def test_audit_command_imports_no_heavy_module(tmp_path: Path) -> None:
+    """Start-up is part of every audit: `safeloader audit` must not import torch, diffusers, the Hub client
+    or the verifier's crypto (python -X importtime lists every module the process imported)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "pipeline.py").write_bytes(CLEAN)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "safeloader.cli", "audit", str(tmp_path), "--no-cache"],
+        env=dict(os.environ, SAFELOADER_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "safeloader.audit.api" in imported
+    heavy = {"torch", "diffusers", "transformers", "huggingface_hub", "httpx", "numpy", "cryptography", "safetensors"}
+    assert not heavy & {name.split(".", 1)[0] for name in imported}
