@@ -1,32 +1,50 @@
-"""Audit throughput on diffusers' own pipeline files, against bandit and bare ``ast.parse``, in one run.
+"""The audit as users run it: ``safeloader audit DIR --policy default|strict``, a fresh process each time.
 
-Also records the two corpus figures the audit issue asks for: how many of those files compile under the
-RestrictedPython guard layer, and how many the ``default`` policy denies (must be 0).
+Corpus: diffusers' own pipeline files (``diffusers/pipelines/**/pipeline_*.py``, ~357 files), copied into one
+directory with their relative imports written as absolute ``diffusers.…`` imports — the form community
+pipelines use, so the directory is a pipeline set the CLI audits as is (every top-level ``.py`` is an entry).
 
-Prints a small table and one JSON line (``{"bench": "audit", ...}``). Run: ``python bench/bench_audit.py``
-(``--no-bandit`` to skip the slow bandit pass, ``--repeat N`` for best-of-N timings).
+Each round runs, one after another (never in parallel), in fresh processes:
+
+- a fresh-process ``ast.parse`` of the same files (the baseline: the least any auditor must do);
+- ``safeloader audit DIR --policy default`` and ``--policy strict`` with an empty audit cache (first audit);
+- the same ``default`` audit again on the now warm cache (re-auditing unchanged bytes);
+- ``bandit -r DIR`` (the dev venv's bandit, default profile).
+
+Ratios are taken within a round (the machine is shared: load hits a round's runs alike) and the median over
+rounds is reported, with the load average of each round. Also reports how many files compile under the full
+RestrictedPython transformer (the real one, not the audit's screen) and how many the ``default`` policy denies.
+
+Prints a table and one JSON line (``{"bench": "audit", ...}``). ``--rounds N`` (default 3), ``--no-bandit``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import gc
 import json
-import logging
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import diffusers
 
-from safeloader.audit import audit_sources
-from safeloader.audit.restricted import compile_restricted_module
-from safeloader.errors import AuditDenied
-from safeloader.policy import load_policy, with_overrides
+from safeloader.audit.restricted_check import full_restricted_outcome
 
 PIPELINES = Path(diffusers.__file__).parent / "pipelines"
+PACKAGE_ROOT = PIPELINES.parent.parent
+_RELATIVE = re.compile(rb"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", re.MULTILINE)
+_PARSE = (
+    "import ast, pathlib, sys\n"
+    "for p in sorted(pathlib.Path(sys.argv[1]).glob('*.py')):\n"
+    "    ast.parse(p.read_bytes())\n"
+)
 
 
 def pipeline_files() -> list[Path]:
@@ -35,126 +53,144 @@ def pipeline_files() -> list[Path]:
     )
 
 
-def package_of(path: Path) -> str:
-    return ".".join(path.relative_to(PIPELINES.parent.parent).with_suffix("").parts[:-1])
+def build_corpus(directory: Path) -> int:
+    """Copy every pipeline file into ``directory`` (flat, unique names), relative imports made absolute."""
+    count = 0
+    for path in pipeline_files():
+        package = list(path.relative_to(PACKAGE_ROOT).with_suffix("").parts[:-1])
+
+        def absolute(match: re.Match[bytes], package: list[str] = package) -> bytes:
+            base = package[: len(package) - (len(match.group(2)) - 1)]
+            module = ".".join([*base, *([match.group(3).decode()] if match.group(3) else [])])
+            return match.group(1) + module.encode() + match.group(4)
+
+        name = "__".join(path.relative_to(PIPELINES).parts)
+        (directory / name).write_bytes(_RELATIVE.sub(absolute, path.read_bytes()))
+        count += 1
+    return count
 
 
-def best_of(repeat: int, works: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Best time of each job over ``repeat`` rounds, the jobs interleaved so that load from other
-    processes on a shared machine hits them alike."""
-    best = dict.fromkeys(works, float("inf"))
-    for _ in range(repeat):
-        for name, work in works.items():
-            started = time.perf_counter()
-            work()
-            best[name] = min(best[name], time.perf_counter() - started)
-    return best
-
-
-def run_bandit(paths: list[Path]) -> tuple[float, int]:
-    """bandit as a library, default profile, on the same files; returns (seconds, issues found)."""
-    from bandit.core import config as bandit_config
-    from bandit.core import manager as bandit_manager
-
-    logging.getLogger("bandit").setLevel(logging.ERROR)
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds (what the user waits) and CPU seconds of the process and its children (less sensitive to
+    other load on a shared machine, but it counts every core the audit uses)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    mgr = bandit_manager.BanditManager(bandit_config.BanditConfig(), "file", quiet=True)
-    mgr.discover_files([str(p) for p in paths])
-    mgr.run_tests()
-    return time.perf_counter() - started, len(mgr.get_issue_list())
+    proc = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{command[:4]} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def denied_files(corpus: Path, env: dict[str, str]) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "safeloader.cli", "audit", str(corpus), "--policy", "default", "--format", "json"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    document = json.loads(proc.stdout)
+    blocking = {"high", "critical"}
+    return sorted({f["file"] for f in document["findings"] if f["severity"] in blocking})
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-bandit", action="store_true")
     args = parser.parse_args()
+    bandit = shutil.which("bandit", path=str(Path(sys.executable).parent))
+    if args.no_bandit:
+        bandit = None
 
-    paths = pipeline_files()
-    sources = {p: p.read_bytes() for p in paths}
-    total_bytes = sum(len(d) for d in sources.values())
-    default = load_policy("default")
-    static_only = with_overrides(default, audit={"restricted_python": "off"})
+    work = Path(tempfile.mkdtemp(prefix="sl-bench-audit-"))
+    try:
+        corpus = work / "pipelines"
+        corpus.mkdir()
+        files = build_corpus(corpus)
+        total_bytes = sum(p.stat().st_size for p in corpus.glob("*.py"))
+        env = dict(os.environ, SAFELOADER_CACHE=str(work / "cache-check"))
+        denied = denied_files(corpus, env)
+        compiled = sum(full_restricted_outcome(p.read_bytes(), p.name).compiled for p in sorted(corpus.glob("*.py")))
 
-    compiled = 0
-    for path, data in sources.items():
-        try:
-            compile_restricted_module(data, path.name)
-            compiled += 1
-        except AuditDenied:
-            pass
-    denied = [
-        str(path)
-        for path, data in sources.items()
-        if audit_sources({path.name: data}, default, entry=path.name, label=str(path), package=package_of(path)).verdict
-        != "allow"
-    ]
+        audit = [sys.executable, "-m", "safeloader.cli", "audit", str(corpus)]
+        rounds: list[dict[str, float]] = []
+        for index in range(args.rounds):
+            load = os.getloadavg()[0]
+            row: dict[str, float] = {"load": load}
+            row["parse"], row["parse_cpu"] = timed([sys.executable, "-c", _PARSE, str(corpus)], dict(os.environ))
+            for policy in ("default", "strict"):
+                cache = work / f"cache-{index}-{policy}"
+                env = dict(os.environ, SAFELOADER_CACHE=str(cache))
+                row[policy], row[f"{policy}_cpu"] = timed([*audit, "--policy", policy], env)
+            warm = dict(os.environ, SAFELOADER_CACHE=str(work / f"cache-{index}-default"))
+            row["cached"], row["cached_cpu"] = timed([*audit, "--policy", "default"], warm)
+            if bandit is not None:
+                row["bandit"], row["bandit_cpu"] = timed([bandit, "-r", "-q", str(corpus)], dict(os.environ))
+            rounds.append(row)
+            print(
+                f"round {index + 1}: load {load:.1f}; "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in row.items() if k != "load" and not k.endswith("_cpu")),
+                file=sys.stderr,
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    def parse_all() -> None:
-        for data in sources.values():
-            ast.parse(data)
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
 
-    def parse_all_without_gc() -> None:
-        gc.disable()
-        try:
-            parse_all()
-        finally:
-            gc.enable()
+    def ratio(top: str, bottom: str) -> float:
+        return statistics.median(r[top] / r[bottom] for r in rounds)
 
-    def audit_with(policy: object) -> Callable[[], None]:
-        def work() -> None:
-            for path, data in sources.items():
-                audit_sources({path.name: data}, policy, entry=path.name, label="b", package=package_of(path))  # type: ignore[arg-type]
-
-        return work
-
-    fast = best_of(
-        args.repeat, {"parse": parse_all, "parse_nogc": parse_all_without_gc, "audit": audit_with(static_only)}
-    )
-    parse_s, parse_nogc_s, audit_s = fast["parse"], fast["parse_nogc"], fast["audit"]
-    full_s = best_of(1, {"full": audit_with(default)})["full"]
-    bandit_s, bandit_issues = (None, None) if args.no_bandit else run_bandit(paths)
-
-    mib = total_bytes / 2**20
-    rows = [
-        ("ast.parse only", parse_s),
-        ("ast.parse only, cycle collector off (as the auditor parses)", parse_nogc_s),
-        ("safeloader static audit (parse + rules)", audit_s),
-        ("safeloader audit, default policy (+ RestrictedPython report)", full_s),
-    ]
-    if bandit_s is not None:
-        rows.append((f"bandit (library, default profile; {bandit_issues} issues)", bandit_s))
-    print(f"{len(paths)} diffusers pipeline files, {mib:.2f} MiB")
-    print(f"RestrictedPython guard layer compiles {compiled}/{len(paths)} ({100 * compiled / len(paths):.1f} %)")
-    print(f"denied under 'default': {len(denied)}")
-    for label, seconds in rows:
-        print(f"  {label:<66} {seconds:7.3f} s  {mib / seconds:7.2f} MiB/s")
+    result = {
+        "bench": "audit",
+        "files": files,
+        "bytes": total_bytes,
+        "rounds": len(rounds),
+        "loads": [round(r["load"], 1) for r in rounds],
+        "restricted_compiled": compiled,
+        "restricted_share": round(compiled / files, 4),
+        "denied_default": len(denied),
+        "parse_s": round(median("parse"), 3),
+        "default_s": round(median("default"), 3),
+        "strict_s": round(median("strict"), 3),
+        "cached_s": round(median("cached"), 3),
+        "default_over_parse": round(ratio("default", "parse"), 3),
+        "strict_over_parse": round(ratio("strict", "parse"), 3),
+        "cached_over_parse": round(ratio("cached", "parse"), 3),
+        "default_over_parse_cpu": round(ratio("default_cpu", "parse_cpu"), 3),
+        "strict_over_parse_cpu": round(ratio("strict_cpu", "parse_cpu"), 3),
+        "bandit_over_default_cpu": round(ratio("bandit_cpu", "default_cpu"), 2) if bandit else None,
+        "bandit_s": round(median("bandit"), 3) if bandit else None,
+        "bandit_over_default": round(ratio("bandit", "default"), 2) if bandit else None,
+        "bandit_over_strict": round(ratio("bandit", "strict"), 2) if bandit else None,
+    }
+    print(f"{files} diffusers pipeline files (relative imports made absolute), {total_bytes / 2**20:.2f} MiB")
+    print(f"full RestrictedPython transformer compiles {compiled}/{files}; denied under 'default': {len(denied)}")
+    print(f"rounds: {len(rounds)}, load average per round: {result['loads']}")
+    print(f"  fresh-process ast.parse                  {result['parse_s']:7.2f} s")
     print(
-        f"static audit / ast.parse: {audit_s / parse_s:.2f}x (goal <= 1.5x); "
-        f"/ ast.parse without gc: {audit_s / parse_nogc_s:.2f}x"
+        f"  safeloader audit --policy default         {result['default_s']:7.2f} s  {result['default_over_parse']:.2f}x"
     )
-    if bandit_s is not None:
-        print(f"bandit / static audit: {bandit_s / audit_s:.1f}x faster (goal >= 8x)")
     print(
-        json.dumps(
-            {
-                "bench": "audit",
-                "files": len(paths),
-                "bytes": total_bytes,
-                "restricted_compiled": compiled,
-                "restricted_share": round(compiled / len(paths), 4),
-                "denied_default": len(denied),
-                "parse_s": round(parse_s, 4),
-                "parse_nogc_s": round(parse_nogc_s, 4),
-                "static_audit_s": round(audit_s, 4),
-                "default_audit_s": round(full_s, 4),
-                "bandit_s": None if bandit_s is None else round(bandit_s, 4),
-                "audit_over_parse": round(audit_s / parse_s, 3),
-                "audit_over_parse_nogc": round(audit_s / parse_nogc_s, 3),
-                "bandit_over_audit": None if bandit_s is None else round(bandit_s / audit_s, 2),
-            }
+        f"  safeloader audit --policy strict          {result['strict_s']:7.2f} s  {result['strict_over_parse']:.2f}x"
+    )
+    print(
+        f"  safeloader audit --policy default, cached {result['cached_s']:7.2f} s  {result['cached_over_parse']:.2f}x"
+    )
+    if bandit:
+        print(f"  bandit -r                                 {result['bandit_s']:7.2f} s  ")
+        print(
+            f"bandit / audit default: {result['bandit_over_default']:.1f}x, "
+            f"/ strict: {result['bandit_over_strict']:.1f}x"
         )
+    print(
+        f"CPU-time ratios (all processes): default / parse {result['default_over_parse_cpu']:.2f}x, "
+        f"strict / parse {result['strict_over_parse_cpu']:.2f}x"
+        + (f", bandit / default {result['bandit_over_default_cpu']:.1f}x" if bandit else "")
     )
+    print(json.dumps(result))
     return 1 if denied else 0
 
 

@@ -17,14 +17,16 @@ from safeloader.errors import SafeLoaderError
 COMMANDS = ("demo", "fetch", "lock", "keygen", "sign", "audit", "doctor")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's (so ``safeloader audit`` never imports the resolver,
+    huggingface_hub or the verifier that other subcommands need: start-up is part of every audit's time)."""
     parser = argparse.ArgumentParser(
         prog="safeloader",
         description="Load diffusers custom pipelines from untrusted sources: pinned, verified, audited, sandboxed.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f"safeloader.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -36,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    named = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(named if named in COMMANDS else None)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="safeloader: %(levelname)s: %(message)s",

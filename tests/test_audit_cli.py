@@ -119,3 +119,53 @@ def test_hub_spec_goes_through_the_resolver(loopback_hub: LoopbackHub, capsys: p
     document = json.loads(capsys.readouterr().out)
     assert document["reports"][0]["label"] == f"acme/evil-pipeline@{commit}"
     assert document["findings"][0]["rule_id"] == "SL202"
+
+
+def test_parallel_directory_audit_matches_the_serial_one(tmp_path: Path) -> None:
+    """A directory of 40 entries audited on 2 forked processes (in a fresh, single-threaded CLI process) gives
+    the same JSON report as one process; an unparsable file still ends the audit with exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for index in range(40):
+        body = EVIL if index % 7 == 0 else CLEAN
+        (corpus / f"p{index:02}.py").write_bytes(body + f"\nX{index} = {index}\n".encode())
+    env = dict(os.environ, SAFELOADER_CACHE=str(tmp_path / "cache"))
+
+    def run(*extra: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "safeloader.cli", "audit", str(corpus), "--format", "json", *extra]
+        return subprocess.run(command, env=env, capture_output=True, check=False)
+
+    serial, parallel = run("--jobs", "1", "--no-cache"), run("--jobs", "2", "--no-cache")
+    assert serial.returncode == parallel.returncode == 1
+    assert json.loads(serial.stdout) == json.loads(parallel.stdout)
+    found = {Path(f["file"]).name for f in json.loads(parallel.stdout)["findings"]}
+    assert found == {f"p{i:02}.py" for i in range(0, 40, 7)}
+    (corpus / "p39.py").write_bytes(b"def (:\n")
+    broken = run("--jobs", "2")
+    assert broken.returncode == 2 and b"p39.py line 1 is not valid Python" in broken.stderr
+
+
+def test_audit_command_imports_no_heavy_module(tmp_path: Path) -> None:
+    """Start-up is part of every audit: `safeloader audit` must not import torch, diffusers, the Hub client
+    or the verifier's crypto (python -X importtime lists every module the process imported)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "pipeline.py").write_bytes(CLEAN)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "safeloader.cli", "audit", str(tmp_path), "--no-cache"],
+        env=dict(os.environ, SAFELOADER_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "safeloader.audit.api" in imported
+    heavy = {"torch", "diffusers", "transformers", "huggingface_hub", "httpx", "numpy", "cryptography", "safetensors"}
+    assert not heavy & {name.split(".", 1)[0] for name in imported}

@@ -161,3 +161,34 @@ def test_refusal_message_names_construct_and_line() -> None:
     assert "Line 2" in message and "__subclasses__" in message and "pipe.py" in message
     with pytest.raises(AuditDenied, match="UTF-8"):
         compile_restricted_module(b"\xff\xfe", "pipe.py")
+
+
+def test_gc_collect_runs_guarded_but_the_heap_walkers_are_refused() -> None:
+    namespace = run_guarded(
+        """
+        import gc
+        before = gc.isenabled()
+        collected = gc.collect()
+        """
+    )
+    assert isinstance(namespace["collected"], int) and namespace["before"] in (True, False)
+    for source, error in (
+        ("import gc\nlive = gc.get_objects()\n", AttributeError),
+        ("from gc import get_referrers\n", ImportError),
+        ("import gc\nwalk = getattr(gc, 'get_' + 'referents')\n", AttributeError),
+    ):
+        with pytest.raises(error, match="refused"):
+            run_guarded(source)
+
+
+def test_gc_walker_reached_under_another_name_is_refused() -> None:
+    import gc
+
+    carrier = types.ModuleType("sl_carrier")
+    carrier.walk = gc.get_objects  # type: ignore[attr-defined]
+    sys.modules["sl_carrier"] = carrier
+    try:
+        with pytest.raises(AttributeError, match="refused"):
+            run_guarded("import sl_carrier\nw = sl_carrier.walk\n")
+    finally:
+        del sys.modules["sl_carrier"]

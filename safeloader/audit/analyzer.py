@@ -15,11 +15,14 @@ import codecs
 import fnmatch
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from safeloader.audit.model import ImportRecord
 from safeloader.audit.rules import FAMILIES
 from safeloader.audit.rules.base import CallCheck, Hit, StringCheck
+from safeloader.audit.rules.credentials import environment_scan
+from safeloader.audit.rules.dynamic import TYPE_POSITION_EXEMPT
+from safeloader.audit.rules.imports import CONSTANT_NAME_IMPORTERS
 from safeloader.audit.rules.obfuscation import CHR_CHAIN_MIN, DECODERS
 from safeloader.audit.rules.tampering import write_method_on_own_file
 
@@ -35,6 +38,16 @@ _DECODER_ATTRIBUTES = frozenset({name.rsplit(".", 1)[1] for name in DECODERS} | 
 _PASS_THROUGH_CALLS = frozenset({"compile", "str", "bytes", "bytearray"})
 _FOLDABLE_VALUES = frozenset({ast.Constant, ast.BinOp, ast.Call, ast.JoinedStr, ast.Subscript, ast.Name})
 _PARENT_MODULE_WRITES = frozenset({"sys.modules", "builtins", "__builtins__"})
+
+
+class Screen(Protocol):
+    """Another pass that rides along the analyzer's walk: per-class checks, a depth bound, a flag."""
+
+    checks: dict[type, Callable[[Any], bool]]
+    max_depth: int
+    flagged: bool
+    #: Names known to pass the checks (skipped without a call: names are the commonest node).
+    safe_names: set[str]
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,13 @@ class FileAnalyzer:
         self._imports: list[ImportRecord] = []
         self._relative: list[RelativeImport] = []
         self._relpath = ""
+        self._tree: ast.AST | None = None
+        self._parents: dict[int, ast.AST] | None = None
+        #: Nodes whose reference is an ordinary import (``importlib.import_module("x")``'s function).
+        self._constant_imports: set[int] = set()
         self._handlers: dict[type[ast.AST], Callable[[Any], Any]] = {
+            ast.For: self._on_loop,
+            ast.comprehension: self._on_comprehension,
             ast.Import: self._on_import,
             ast.ImportFrom: self._on_import_from,
             ast.Expr: self._on_expr,
@@ -136,22 +155,62 @@ class FileAnalyzer:
 
     # --- entry point ------------------------------------------------------------------------------
 
-    def analyze(self, tree: ast.Module, relpath: str) -> FileAnalysis:
-        """Visit every node once, depth first in source order (iteratively: deep nesting cannot overflow)."""
+    def analyze(self, tree: ast.Module, relpath: str, screen: Screen | None = None) -> FileAnalysis:
+        """Visit every node once, depth first in source order (iteratively: deep nesting cannot overflow).
+
+        ``screen`` (the RestrictedPython layer's, :class:`~safeloader.audit.restricted_check.RestrictedScreen`)
+        rides along the same walk: its per-class checks see every node, and the walk tracks the depth it needs.
+        """
         self._relpath = relpath
+        self._tree = tree
         handlers = self._handlers.get
         child_fields = _CHILD_FIELDS
+        screens = screen.checks.get if screen is not None else None
+        max_depth = screen.max_depth if screen is not None else 0
+        safe_names = screen.safe_names if screen is not None else frozenset()
+        name_class = ast.Name
+        aliases, references = self._aliases, TABLES.references
+        depth = 0
         stack: list[Any] = [tree]
         pop, push, extend = stack.pop, stack.append, stack.extend
         while stack:
             node = pop()
             cls = node.__class__
+            if cls is int:  # the end of a node's children: leave its depth
+                depth -= node
+                continue
+            if cls is name_class:
+                # The commonest node: most names are neither imported aliases nor checked references, and
+                # already known to pass the screen. Those need no call at all.
+                name = node.id
+                if name not in aliases and name not in references and name != "__builtins__":
+                    if screens is not None and name not in safe_names:
+                        check = screens(cls)
+                        if check is not None and check(node):
+                            assert screen is not None
+                            screen.flagged = True
+                            screens = None
+                    continue
+            if screens is not None and (cls is not name_class or node.id not in safe_names):
+                check = screens(cls)
+                if check is not None and check(node):
+                    assert screen is not None
+                    screen.flagged = True
+                    screens = None
             handler = handlers(cls)
             if handler is not None:
                 # None: visit the children; True: the handler covered them; a node: visit only that one.
                 outcome = handler(node)
                 if outcome is not None:
                     if outcome is not True:
+                        if screens is not None:
+                            levels = _chain_length(node) if cls is ast.Attribute else 1
+                            depth += levels
+                            push(levels)
+                            if depth > max_depth:
+                                assert screen is not None
+                                screen.flagged = True
+                                screens = None
                         push(outcome)
                     continue
             fields = child_fields.get(cls)
@@ -159,6 +218,13 @@ class FileAnalyzer:
                 if not isinstance(node, ast.AST):
                     continue
                 fields = _child_fields_of(cls)
+            if screens is not None and fields:
+                depth += 1
+                push(1)
+                if depth > max_depth:
+                    assert screen is not None
+                    screen.flagged = True
+                    screens = None
             for name in fields:
                 value = getattr(node, name, None)
                 if value.__class__ is list:
@@ -376,10 +442,43 @@ class FileAnalyzer:
                 self._hit(rule_id, module, node)
                 break
 
+    def _exempt_reference(self, name: str, node: ast.AST) -> bool:
+        """Whether this reference is harmless where it stands (both cases are rare: checked lazily)."""
+        if name in TYPE_POSITION_EXEMPT:
+            return self._in_type_position(node)
+        if name in CONSTANT_NAME_IMPORTERS:
+            return id(node) in self._constant_imports
+        return False
+
+    def _in_type_position(self, node: ast.AST) -> bool:
+        """``node`` only names a type: in an annotation, as ``isinstance``/``issubclass``'s class argument, or
+        compared with ``is``/``==`` (through ``Optional[...]``, tuples and ``|``)."""
+        if self._parents is None:
+            self._parents = {id(c): n for n in ast.walk(self._tree) for c in ast.iter_child_nodes(n)}  # type: ignore[arg-type]
+        parents = self._parents
+        child, parent = node, parents.get(id(node))
+        while isinstance(parent, (ast.Subscript, ast.Tuple, ast.List)) or (
+            isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.BitOr)
+        ):
+            if isinstance(parent, ast.Subscript) and child is not parent.slice:
+                break
+            child, parent = parent, parents.get(id(parent))
+        if isinstance(parent, (ast.arg, ast.AnnAssign)):
+            return child is parent.annotation
+        if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return child is parent.returns
+        if isinstance(parent, ast.Call):
+            checker = self.qualname(parent.func)
+            return checker in ("isinstance", "issubclass") and len(parent.args) == 2 and child is parent.args[1]
+        if isinstance(parent, ast.Compare):
+            return all(isinstance(op, (ast.Is, ast.IsNot, ast.Eq, ast.NotEq)) for op in parent.ops)
+        return False
+
     def _check_reference(self, name: str, node: ast.AST) -> bool:
         rule_id = TABLES.references.get(name)
         if rule_id is not None:
-            self._hit(rule_id, name, node)
+            if not self._exempt_reference(name, node):
+                self._hit(rule_id, name, node)
             return True
         dot = name.rfind(".")
         if dot < 0:
@@ -423,8 +522,14 @@ class FileAnalyzer:
                 continue
             qualified = f"{module}.{alias.name}"
             self._aliases[alias.asname or alias.name] = qualified
+            submodule_rule = TABLES.modules.get(qualified)
+            if submodule_rule is not None and TABLES.modules.get(module) is None:
+                self._hit(submodule_rule, qualified, node)  # ``from importlib import util``
+                continue
             if qualified in TABLES.modules or any(p in TABLES.modules for p in _module_prefixes(qualified)):
                 continue  # already reported as a module import
+            if qualified in CONSTANT_NAME_IMPORTERS or qualified in TYPE_POSITION_EXEMPT:
+                continue  # every use of the alias is checked where it is made
             self._check_reference(qualified, node)
         return True
 
@@ -481,7 +586,7 @@ class FileAnalyzer:
         name = base
         for part in reversed(parts):
             name = f"{name}.{part}"
-            if name in TABLES.references:
+            if name in TABLES.references and not self._exempt_reference(name, node):
                 self._hit(TABLES.references[name], name, node)
         self._check_reference(name, node)
         if node.ctx.__class__ is not ast.Load:
@@ -498,6 +603,8 @@ class FileAnalyzer:
         if name is not None:
             for check in TABLES.call_checks.get(name, ()):
                 self._hits_at(check(node, self), node)
+            if name in CONSTANT_NAME_IMPORTERS and node.args and _is_plain_string(node.args[0]):
+                self._constant_imports.add(id(func))  # visited after this handler: no SL103 on it
             if name in _IMPORT_FUNCTIONS:
                 self._on_dynamic_import(node, name)
             elif name in _CODE_RUNNERS:
@@ -509,6 +616,14 @@ class FileAnalyzer:
             self._hits_at(write_method_on_own_file(func.attr, func.value), node)
             if func.attr == "join" and node.args and _counts_chr(node.args[0]) >= CHR_CHAIN_MIN:
                 self._hit("SL952", "a join of chr()", node)
+
+    def _on_loop(self, node: ast.For) -> None:
+        self._hits_at(environment_scan(node, node.body, self), node)
+
+    def _on_comprehension(self, node: ast.comprehension) -> None:
+        # The element and conditions that filter names live on the comprehension's parent; the ``ifs`` here are
+        # where a filter is written ({k: v for k, v in os.environ.items() if "TOKEN" in k}).
+        self._hits_at(environment_scan(node, node.ifs, self), node.iter)
 
     def _on_dynamic_import(self, node: ast.Call, name: str) -> None:
         if not node.args:
@@ -624,6 +739,19 @@ def _child_fields_of(cls: type) -> tuple[str, ...]:
         fields = ("kwd_patterns", "patterns", "cls")
     _CHILD_FIELDS[cls] = fields
     return fields
+
+
+def _is_plain_string(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _chain_length(node: ast.expr) -> int:
+    length = 0
+    while node.__class__ is ast.Attribute:
+        assert isinstance(node, ast.Attribute)
+        node = node.value
+        length += 1
+    return length
 
 
 def _int_constants(node: ast.expr) -> list[int] | None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 from safeloader.audit.analyzer import RelativeImport
@@ -40,19 +39,8 @@ def relative_candidates(importer: str, spec: RelativeImport) -> list[tuple[str, 
     return groups
 
 
-def _relative_imports(source: bytes, relpath: str) -> list[RelativeImport]:
-    try:
-        tree = ast.parse(source, filename=relpath)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []  # the audit itself reports the parse failure
-    return [
-        RelativeImport(node.level, node.module or "", tuple(a.name for a in node.names), node.lineno, node.col_offset)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.level
-    ]
-
-
-def _read(root: Path, relpath: str) -> bytes:
+def read_in_root(root: Path, relpath: str) -> bytes:
+    """The bytes of ``root/relpath``, refusing links out of ``root`` and oversized files."""
     path = root / relpath
     resolved = path.resolve()
     if not resolved.is_relative_to(root):
@@ -71,8 +59,13 @@ def _read(root: Path, relpath: str) -> bytes:
         raise AuditError(f"cannot read {path} ({exc.strerror}); check that it exists and is readable.") from exc
 
 
-def collect_local(root: Path, entries: list[str]) -> dict[str, bytes]:
-    """Read the entries and, transitively, every file they import relatively, staying inside ``root``."""
+def collect_local(
+    root: Path, entries: list[str], relative_imports_of: Callable[[str, bytes], tuple[RelativeImport, ...]]
+) -> dict[str, bytes]:
+    """Read the entries and, transitively, every file they import relatively, staying inside ``root``.
+
+    ``relative_imports_of(relpath, data)`` audits a file as it is read and returns its relative imports: the
+    graph never parses a file itself (the audit's one parse per file serves both)."""
     root = root.resolve()
     files: dict[str, bytes] = {}
     pending = list(entries)
@@ -81,7 +74,7 @@ def collect_local(root: Path, entries: list[str]) -> dict[str, bytes]:
         relpath = pending.pop()
         if relpath in files:
             continue
-        data = _read(root, relpath)
+        data = read_in_root(root, relpath)
         total += len(data)
         if total > MAX_TOTAL_BYTES or len(files) >= MAX_FILES:
             raise AuditError(
@@ -89,7 +82,7 @@ def collect_local(root: Path, entries: list[str]) -> dict[str, bytes]:
                 "bytes); audit a smaller pipeline directory."
             )
         files[relpath] = data
-        for spec in _relative_imports(data, relpath):
+        for spec in relative_imports_of(relpath, data):
             try:
                 groups = relative_candidates(relpath, spec)
             except OutsideRoot:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import gc
 import operator
 import os
 import string
@@ -31,6 +32,9 @@ from RestrictedPython.transformer import RestrictingNodeTransformer
 from safeloader.audit.rules.introspection import ESCAPE_ATTRIBUTES, FRAME_ATTRIBUTES
 from safeloader.audit.rules.process import OS_PROGRAM_STARTERS
 from safeloader.errors import AuditDenied
+
+#: ``gc`` functions that reach arbitrary live objects; refused by name, by ``from gc import``, and by identity.
+GC_WALKERS = frozenset({"get_objects", "get_referrers", "get_referents"})
 
 #: Attributes no guarded code may read or write, whether written literally or built at run time.
 REFUSED_ATTRIBUTES = ESCAPE_ATTRIBUTES | FRAME_ATTRIBUTES | {"co_code"}
@@ -64,7 +68,6 @@ REFUSED_MODULES = frozenset(
         "cffi",
         "socket",
         "_socket",
-        "gc",
         "builtins",
         "marshal",
         "pickle",
@@ -122,6 +125,8 @@ REFUSED_MODULE_ATTRIBUTES: dict[str, frozenset[str]] = {
         }
     ),
     "operator": frozenset({"attrgetter", "methodcaller"}),
+    # ``gc.collect()`` is memory hygiene; these hand out every live object (frames, modules, the guards).
+    "gc": frozenset(GC_WALKERS),
     "typing": frozenset({"get_type_hints", "ForwardRef", "_eval_type"}),
     "torch.hub": frozenset({"load", "load_state_dict_from_url", "download_url_to_file"}),
     "torch.ops": frozenset({"load_library"}),
@@ -137,25 +142,49 @@ def _is_guard_name(name: str) -> bool:
     return name == "_print" or (name.startswith(_GUARD_NAME_PREFIXES) and name[4:].isdigit())
 
 
+def name_refusal(name: str) -> str | None:
+    """Why guarded code may not use ``name`` as a variable, argument, function, class or import name."""
+    if name in REFUSED_NAMES:
+        return f'"{name}" is refused by the safeloader guard layer.'
+    if _is_guard_name(name):
+        return f'"{name}" is reserved for the safeloader guard layer.'
+    if name.endswith("__roles__"):
+        return f'"{name}" is an invalid name because it ends with "__roles__".'
+    return None
+
+
+def attribute_refusal(attr: str) -> str | None:
+    """Why guarded code may not read, write or delete the attribute ``attr``."""
+    if attr in REFUSED_ATTRIBUTES:
+        return f'attribute "{attr}" is refused by the safeloader guard layer.'
+    if _is_guard_name(attr):
+        return f'attribute "{attr}" is reserved for the safeloader guard layer.'
+    return None
+
+
+def annotation_refusals(annotation: ast.expr) -> list[str]:
+    """String annotations that are not plain type expressions (library code evaluates them unguarded)."""
+    return [
+        f"string annotation {sub.value[:60]!r} is not a plain type expression."
+        for sub in ast.walk(annotation)
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and not _plain_type_expression(sub.value)
+    ]
+
+
 class PipelineTransformer(RestrictingNodeTransformer):
     """RestrictedPython's transformer, tuned so real pipeline code compiles while escapes do not."""
 
     def check_name(self, node: Any, name: str | None, allow_magic_methods: bool = False) -> None:
         if name is None:
             return
-        if name in REFUSED_NAMES:
-            self.error(node, f'"{name}" is refused by the safeloader guard layer.')
-        elif _is_guard_name(name):
-            self.error(node, f'"{name}" is reserved for the safeloader guard layer.')
-        elif name.endswith("__roles__"):
-            self.error(node, f'"{name}" is an invalid name because it ends with "__roles__".')
+        refusal = name_refusal(name)
+        if refusal is not None:
+            self.error(node, refusal)
 
     def visit_Attribute(self, node: ast.Attribute) -> Any:
-        if node.attr in REFUSED_ATTRIBUTES:
-            self.error(node, f'attribute "{node.attr}" is refused by the safeloader guard layer.')
-            return node
-        if _is_guard_name(node.attr):
-            self.error(node, f'attribute "{node.attr}" is reserved for the safeloader guard layer.')
+        refusal = attribute_refusal(node.attr)
+        if refusal is not None:
+            self.error(node, refusal)
             return node
         # Let the parent rewrite it; temporarily present a name it accepts, then restore the real one.
         real = self.mangle(node.attr)
@@ -173,9 +202,8 @@ class PipelineTransformer(RestrictingNodeTransformer):
         guards, so they may hold only plain type expressions: names, dotted names, subscripts, ``|``."""
         if annotation is None:
             return
-        for sub in ast.walk(annotation):
-            if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and not _plain_type_expression(sub.value):
-                self.error(node, f"string annotation {sub.value[:60]!r} is not a plain type expression.")
+        for refusal in annotation_refusals(annotation):
+            self.error(node, refusal)
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:
         # ``x: int = 1`` and class-level dataclass fields; the target is checked like any other name.
@@ -355,6 +383,7 @@ def guarded_getattr(obj: object, name: str, *default: Any) -> Any:
 _REFUSED_CALLABLES = frozenset(
     [id(getattr(builtins, name)) for name in ("eval", "exec", "compile", "__import__", "globals", "breakpoint")]
     + [id(getattr(os, name)) for name in sorted(REFUSED_MODULE_ATTRIBUTES["os"]) if hasattr(os, name)]
+    + [id(getattr(gc, name)) for name in sorted(GC_WALKERS)]
 )
 #: Modules whose functions and classes are refused wherever they are reached (imports refuse more).
 _REFUSED_VALUE_MODULES = REFUSED_MODULES - {"posix", "nt"}

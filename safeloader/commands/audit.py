@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from safeloader.audit.api import audit_manifest, audit_path
+from safeloader.audit.cache import AuditCache
 from safeloader.audit.formats import FORMATS
 from safeloader.audit.model import AuditReport
+from safeloader.audit.parallel import default_jobs
 from safeloader.errors import AuditError, CacheError
 from safeloader.policy import SEVERITIES, load_policy, with_overrides
 from safeloader.policy.schema import Policy
@@ -37,12 +39,24 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--format", choices=sorted(FORMATS), default="text", help="report format (default: text)")
     parser.add_argument("-o", "--output", type=Path, help="write the report to this file instead of stdout")
     parser.add_argument("--fail-on", choices=SEVERITIES, help="lowest severity that fails (overrides the policy)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes for a large directory (default: one per available CPU, at most 8; 1: no subprocesses)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="audit every file afresh: neither read nor write the audit cache under $SAFELOADER_CACHE",
+    )
     parser.set_defaults(run=run)
 
 
-def _audit_spec(spec: str, policy: Policy, revision: str | None) -> AuditReport:
+def _audit_spec(spec: str, policy: Policy, revision: str | None, cache: AuditCache | None, jobs: int) -> AuditReport:
     if Path(spec).exists():
-        return audit_path(Path(spec), policy)
+        return audit_path(Path(spec), policy, cache, jobs=jobs)
     try:
         from safeloader.resolve import resolve_pipeline
     except ImportError as exc:
@@ -50,7 +64,7 @@ def _audit_spec(spec: str, policy: Policy, revision: str | None) -> AuditReport:
             f"{spec} is not a local path and this safeloader has no resolver for Hub specs; give a local path."
         ) from exc
     manifest = resolve_pipeline(spec, revision=revision, policy=policy)
-    return audit_manifest(manifest, policy)
+    return audit_manifest(manifest, policy, cache)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -72,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     if args.fail_on:
         policy = with_overrides(policy, audit={"fail_on": args.fail_on})
-    reports = [_audit_spec(spec, policy, args.revision) for spec in args.specs]
+    # The cache key binds the policy: build it after --fail-on changed the policy.
+    cache = None if args.no_cache else AuditCache(policy)
+    jobs = args.jobs if args.jobs > 0 else default_jobs()
+    reports = [_audit_spec(spec, policy, args.revision, cache, jobs) for spec in args.specs]
     document = FORMATS[args.format](reports)
     if args.output is not None:
         _write_atomically(args.output, document)

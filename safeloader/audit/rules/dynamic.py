@@ -21,6 +21,11 @@ RULES = (
     ),
 )
 
+#: References that are harmless where they only name a type — in an annotation, as the class argument of
+#: ``isinstance``/``issubclass``, in an ``is``/``==`` comparison — and a finding anywhere else (a call builds a
+#: function from a code object; an alias can be called later).
+TYPE_POSITION_EXEMPT = frozenset({"types.FunctionType", "types.LambdaType"})
+
 FAMILY_TABLE = Family(
     name=FAMILY,
     rules=RULES,

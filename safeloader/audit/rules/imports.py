@@ -52,10 +52,22 @@ RULES = (
     ),
 )
 
+#: Import functions whose call with a plain constant module name is an ordinary import, not SL103.
+CONSTANT_NAME_IMPORTERS = frozenset({"importlib.import_module"})
+
 FAMILY_TABLE = Family(
     name=FAMILY,
     rules=RULES,
-    modules={"importlib": "SL106", "imp": "SL106", "zipimport": "SL106", "pkgutil": "SL106"},
+    # ``import importlib`` alone loads nothing: ``import_module`` with a constant name is an ordinary import
+    # (the analyzer applies the import policy to that name); its file and spec loaders are findings.
+    modules={
+        "importlib.util": "SL106",
+        "importlib.machinery": "SL106",
+        "importlib.abc": "SL106",
+        "imp": "SL106",
+        "zipimport": "SL106",
+        "pkgutil": "SL106",
+    },
     references={
         "__import__": "SL103",
         "builtins.__import__": "SL103",
