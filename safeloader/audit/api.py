@@ -16,6 +16,7 @@ from safeloader.audit.analyzer import FileAnalysis, FileAnalyzer, RawHit
 from safeloader.audit.graph import OutsideRoot, check_sizes, collect_local, relative_candidates
 from safeloader.audit.model import AuditReport, Finding, ImportRecord, RestrictedOutcome, decide_verdict
 from safeloader.audit.rules import RULES
+from safeloader.audit.rules.trojan_source import hidden_characters_in
 from safeloader.errors import AuditDenied, AuditError
 from safeloader.policy.schema import Policy
 
@@ -143,6 +144,7 @@ def _audit_files(
         hashes[relpath] = hashlib.sha256(data).hexdigest()
         analysis = _analyze(data, relpath, label, policy)
         hits = [*analysis.hits, *_relative_hits(relpath, analysis, files, package)]
+        hits.extend(RawHit("SL960", detail, line, column) for line, column, detail in hidden_characters_in(data))
         if rp_mode != "off":
             outcome = _restricted(data, relpath)
             restricted[relpath] = outcome
