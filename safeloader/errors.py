@@ -116,6 +116,13 @@ class AuditError(SafeLoaderError):
     """The audit could not run (unreadable or unparsable input); never treated as clean."""
 
 
+# --- environment ------------------------------------------------------------------------------
+
+
+class UnsupportedDiffusersError(SafeLoaderError):
+    """The installed diffusers is older than safeloader supports, or its internals are not where expected."""
+
+
 # --- sandbox and worker -----------------------------------------------------------------------
 
 

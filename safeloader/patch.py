@@ -14,6 +14,9 @@ import os
 import threading
 from typing import Any
 
+from safeloader._compat.diffusers_internals import DYNAMIC_LOADER_HOLDERS as _DYNAMIC_LOADER_HOLDERS
+from safeloader._compat.diffusers_internals import DYNAMIC_LOADER_NAMES as _DYNAMIC_LOADER_NAMES
+from safeloader._compat.diffusers_internals import dynamic_modules_utils
 from safeloader.errors import RemoteCodeNotTrusted
 from safeloader.policy import Policy, load_policy
 
@@ -23,16 +26,6 @@ _lock = threading.Lock()
 #: (object, attribute name, original value) for everything install() replaced.
 _saved: list[tuple[Any, str, Any]] = []
 _policy: Policy | None = None
-
-# Modules that import the dynamic loader under their own name (checked against diffusers 0.42).
-_DYNAMIC_LOADER_HOLDERS = (
-    "diffusers.utils.dynamic_modules_utils",
-    "diffusers.utils",
-    "diffusers.pipelines.pipeline_loading_utils",
-    "diffusers.modular_pipelines.modular_pipeline",
-    "diffusers.models.auto_model",
-)
-_DYNAMIC_LOADER_NAMES = ("get_class_from_dynamic_module", "get_cached_module_file")
 
 
 def installed() -> bool:
@@ -80,6 +73,8 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> None:
     import importlib
 
     import diffusers
+
+    dynamic_modules_utils()  # refuses a diffusers whose loader moved: its aliases would go unreplaced here
 
     with _lock:
         _policy = load_policy(policy)
