@@ -88,7 +88,7 @@ def test_the_readme_records_the_compatibility_run_of_the_tested_versions() -> No
 
 
 def test_a_diffusers_older_than_supported_is_a_clear_error() -> None:
-    # 0.35.0 and 0.35.1 import names transformers 5 removed (FLAX_WEIGHTS_NAME): 0.35.2 is the first that works.
+    # 0.35.0 imports a name transformers 5 removed (FLAX_WEIGHTS_NAME); 0.35.2 is the first tested to work.
     with pytest.raises(UnsupportedDiffusersError, match=r"diffusers 0\.35\.1 is older than safeloader supports"):
         diffusers_internals.check_diffusers_version("0.35.1")
     assert diffusers_internals.check_diffusers_version("0.35.2") == "0.35.2"
