@@ -182,3 +182,17 @@ def test_the_wheel_installs_beside_an_existing_torch_and_runs(tmp_path: Path) ->
     demo = run([str(venv / "bin" / "safeloader"), "demo"], cwd=tmp_path, env=env)
     assert "output:   Tensor of shape (1, 3, 8, 8)" in demo.stdout
     assert torch_state(python, env) == before
+
+
+def test_doctor_text_marks_libraries_outside_the_tested_range() -> None:
+    from safeloader.commands.doctor import format_library_facts, library_facts
+
+    text = format_library_facts(library_facts())
+    import diffusers
+
+    assert f"[ok ] diffusers        {diffusers.__version__}" in text
+    outside = [dict(fact) for fact in library_facts()]
+    outside[1].update(version="0.34.0", inside_tested_range=False, status="older than tested")
+    text = format_library_facts(outside)
+    assert "[!! ] diffusers        0.34.0         older than tested (0.35.2 … 0.42.1)" in text
+    assert "outside the versions safeloader was tested with" in text
