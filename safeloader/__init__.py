@@ -9,8 +9,10 @@ The public API is small; everything else is internal and may change::
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
+from safeloader.display import protect_logger
 from safeloader.errors import SafeLoaderError
 from safeloader.policy import Policy, load_policy
 
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from safeloader.patch import install, uninstall
 
 __version__ = "0.1.0"
+
+# Log messages interpolate repo ids, paths and worker text: every record is made printable first.
+protect_logger(logging.getLogger("safeloader"))
+protect_logger(logging.getLogger("safeloader.audit"))
 
 __all__ = [
     "AutoModel",

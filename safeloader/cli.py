@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from safeloader.display import printable
 from safeloader.errors import SafeLoaderError
 
 # Module names under safeloader.commands, in the order `--help` lists them.
@@ -50,12 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except SafeLoaderError as exc:
-        print(f"safeloader: error: {exc}", file=sys.stderr)
+        print("safeloader: error: " + printable(exc, keep="\n"), file=sys.stderr)
         return 2
     except OSError as exc:
         # Writing an output file (lockfile, key, signature, report) the user pointed somewhere unwritable.
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"safeloader: error: {exc.strerror or exc}{where}; choose a path you can write to.", file=sys.stderr)
+        message = printable(f"{exc.strerror or exc}{where}")
+        print(f"safeloader: error: {message}; choose a path you can write to.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from safeloader._compat.diffusers_internals import DYNAMIC_LOADER_HOLDERS, DYNAMIC_LOADER_MODULE, DYNAMIC_LOADER_NAMES
 from safeloader.errors import RemoteCodeNotTrusted
 
 #: (object, attribute name, original value) for everything replaced, in order.
@@ -22,23 +23,15 @@ saved: list[tuple[Any, str, Any]] = []
 #: refusing stand-in → the original it replaced (aliases imported while installed are restored through it).
 _refusers: dict[Any, Any] = {}
 
-#: Functions that import repository code in-process, per library (checked against diffusers 0.42, transformers 5).
-_DIFFUSERS_LOADERS = (
-    "diffusers.utils.dynamic_modules_utils",
-    ("get_class_from_dynamic_module", "get_cached_module_file", "get_class_in_module"),
-)
+#: Functions that import repository code in-process, per library (diffusers' layout is checked by
+#: :mod:`safeloader._compat.diffusers_internals`; transformers' against transformers 5).
+_DIFFUSERS_LOADERS = (DYNAMIC_LOADER_MODULE, (*DYNAMIC_LOADER_NAMES, "get_class_in_module"))
 _TRANSFORMERS_LOADERS = (
     "transformers.dynamic_module_utils",
     ("get_class_from_dynamic_module", "get_cached_module_file", "get_class_in_module"),
 )
 #: Modules known to hold aliases of those functions; imported so their alias exists to replace.
-_DIFFUSERS_ALIAS_HOLDERS = (
-    "diffusers.utils",
-    "diffusers.pipelines.pipeline_loading_utils",
-    "diffusers.pipelines.pipeline_utils",
-    "diffusers.modular_pipelines.modular_pipeline",
-    "diffusers.models.auto_model",
-)
+_DIFFUSERS_ALIAS_HOLDERS = tuple(holder for holder in DYNAMIC_LOADER_HOLDERS if holder != DYNAMIC_LOADER_MODULE)
 
 #: Where each known entry point should go instead (the error names it).
 _ROUTES = {

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from safeloader._compat.diffusers_internals import check_diffusers_version
 from safeloader.errors import AuditDenied, InvalidSpecError
 from safeloader.foreign_code import ForeignCode, collect_foreign_code
 from safeloader.model_source import ModelSource, resolve_model
@@ -98,6 +99,7 @@ def load(
     **kwargs: Any,
 ) -> Any:
     """Resolve → verify → audit → sandboxed load; see :meth:`DiffusionPipeline.from_pretrained`."""
+    check_diffusers_version()
     resolved_policy = load_policy(policy)
     pipeline_class = kwargs.pop("_pipeline_class_name", None)
     caller = {name: kwargs.pop(name) for name in CALLER_SIDE_KWARGS if name in kwargs}

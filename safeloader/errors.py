@@ -5,6 +5,8 @@ Messages follow one rule: say what happened, then what to do next, in one senten
 
 from __future__ import annotations
 
+from safeloader.display import printable
+
 
 class SafeLoaderError(Exception):
     """Base class of every error safeloader raises on purpose."""
@@ -122,6 +124,13 @@ class AuditError(SafeLoaderError):
     """The audit could not run (unreadable or unparsable input); never treated as clean."""
 
 
+# --- environment ------------------------------------------------------------------------------
+
+
+class UnsupportedDiffusersError(SafeLoaderError):
+    """The installed diffusers is older than safeloader supports, or its internals are not where expected."""
+
+
 # --- sandbox and worker -----------------------------------------------------------------------
 
 
@@ -134,12 +143,16 @@ class WorkerError(SafeLoaderError):
 
 
 class WorkerCrashed(WorkerError):
-    """The worker process died."""
+    """The worker process died.
+
+    ``stderr_tail`` is the worker's last output made safe to print; ``raw_stderr_tail`` is what it wrote.
+    """
 
     def __init__(self, message: str, *, returncode: int | None = None, stderr_tail: str = "") -> None:
-        super().__init__(message)
+        super().__init__(printable(message))
         self.returncode = returncode
-        self.stderr_tail = stderr_tail
+        self.raw_stderr_tail = stderr_tail
+        self.stderr_tail = printable(stderr_tail, keep="\n\t")
 
 
 class WorkerTimeout(WorkerError):
@@ -151,12 +164,19 @@ class ProtocolError(WorkerError):
 
 
 class RemoteError(WorkerError):
-    """An exception was raised inside the worker; its type and traceback arrive as text."""
+    """An exception was raised inside the worker; its type and traceback arrive as text.
 
-    def __init__(self, message: str, *, type_name: str = "", traceback_text: str = "") -> None:
-        super().__init__(message)
-        self.type_name = type_name
-        self.traceback_text = traceback_text
+    The message, ``type_name`` and ``traceback_text`` are safe to print (control, bidi and invisible
+    characters escaped); ``raw_message``, ``raw_type_name`` and ``raw_traceback_text`` are what the worker sent.
+    """
+
+    def __init__(self, message: str, *, type_name: str = "", traceback_text: str = "", raw_message: str = "") -> None:
+        super().__init__(printable(message))
+        self.raw_message = raw_message
+        self.raw_type_name = type_name
+        self.raw_traceback_text = traceback_text
+        self.type_name = printable(type_name)
+        self.traceback_text = printable(traceback_text, keep="\n\t")
 
 
 class OutputRefused(WorkerError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safeloader import closed_loaders
+from safeloader._compat.diffusers_internals import dynamic_modules_utils
 from safeloader.policy import Policy, load_policy
 
 logger = logging.getLogger("safeloader")
@@ -145,6 +146,8 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> InstallRep
     """Route diffusers' loaders through safeloader under ``policy`` and close every in-process code loader."""
     global _policy, _report
     import diffusers
+
+    dynamic_modules_utils()  # refuses a diffusers whose loader moved: its aliases would go unreplaced here
 
     with _lock:
         _policy = load_policy(policy)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from safeloader.assets.calls import call_with_assets
+from safeloader.display import printable
 from safeloader.ipc import protocol
 from safeloader.ipc import session as _session
 from safeloader.ipc.session import RemoteReference, SandboxedWorkerLike, Spawner
@@ -64,7 +65,7 @@ class RemoteObject(RemoteReference):
 
     def __repr__(self) -> str:
         return (
-            f"<RemoteObject {object.__getattribute__(self, '_type_name')} "
+            f"<RemoteObject {printable(object.__getattribute__(self, '_type_name'))} "
             f"#{object.__getattribute__(self, '_handle')} in the sandboxed worker>"
         )
 
@@ -156,7 +157,7 @@ class RemotePipeline(RemoteObject):
         self.close()
 
     def __repr__(self) -> str:
-        return f"<RemotePipeline {object.__getattribute__(self, '_type_name')} in the sandboxed worker>"
+        return f"<RemotePipeline {printable(object.__getattribute__(self, '_type_name'))} in the sandboxed worker>"
 
 
 def load_remote_pipeline(

@@ -23,6 +23,7 @@ from safeloader.audit.analyzer import FileAnalysis, FileAnalyzer, RawHit, Relati
 from safeloader.audit.graph import OutsideRoot, check_sizes, collect_local, read_in_root, relative_candidates
 from safeloader.audit.model import AuditReport, Finding, ImportRecord, RestrictedOutcome, decide_verdict
 from safeloader.audit.rules import RULES
+from safeloader.audit.rules.trojan_source import hidden_characters_in
 from safeloader.errors import AuditError
 from safeloader.policy.schema import Policy
 
@@ -79,6 +80,10 @@ def audit_file(data: bytes, relpath: str, label: str, policy: Policy, cache: Aud
         analysis = analyzer.analyze(tree, relpath, screen)
     except RecursionError as exc:
         raise AuditError(f"{label}: {relpath} is nested too deeply to audit; simplify the expression.") from exc
+    # Trojan Source characters hide in comments and strings too, so they are found in the text, not the tree.
+    hidden = tuple(RawHit("SL960", detail, line, column) for line, column, detail in hidden_characters_in(data))
+    if hidden:
+        analysis = dataclasses.replace(analysis, hits=(*analysis.hits, *hidden))
     restricted = None
     if screen is not None:
         from safeloader.audit.restricted_check import restricted_outcome

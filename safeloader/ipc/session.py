@@ -21,6 +21,7 @@ from typing import Any, Protocol, Self
 
 import msgpack
 
+from safeloader.display import printable
 from safeloader.errors import (
     IntegrityError,
     ProtocolError,
@@ -356,14 +357,15 @@ class WorkerSession:
         if kind == protocol.ERROR_LIMIT:
             self._abort()
             raise ProtocolError(
-                f"the worker's result broke the IPC limits while {doing} ({text}) and the worker was killed; "
-                "return smaller or less deeply nested data from the pipeline."
+                f"the worker's result broke the IPC limits while {doing} ({printable(text)}) and the worker was "
+                "killed; return smaller or less deeply nested data from the pipeline."
             )
         raise RemoteError(
             f"{type_name} was raised in the sandboxed worker while {doing}: {text} "
             "(see .traceback_text for where; fix the arguments or the pipeline code).",
             type_name=type_name,
             traceback_text=str(reply.get("traceback", ""))[:20000],
+            raw_message=text,
         )
 
     def _record_events(self, events: object) -> None:
@@ -376,8 +378,8 @@ class WorkerSession:
                 by = _text(event.get("by"))
                 self.events.append(
                     {
-                        "event": str(event.get("event", ""))[:100],
-                        "detail": str(event.get("detail", ""))[:500],
+                        "event": printable(str(event.get("event", ""))[:100]),
+                        "detail": printable(str(event.get("detail", ""))[:500]),
                         # Who raised it, as the worker saw it: evidence for reports, never a decision.
                         "by": by if by in ("pipeline", "library", "safeloader") else "unknown",
                     }
@@ -395,7 +397,8 @@ class WorkerSession:
             if isinstance(total, float) and total.is_integer():
                 total = int(total)  # drawn as "2/2", as diffusers' own bars are
             bar = tqdm(
-                total=total if isinstance(total, int | float) else None, desc=str(message.get("desc", ""))[:80] or None
+                total=total if isinstance(total, int | float) else None,
+                desc=printable(str(message.get("desc", ""))[:80]) or None,
             )
             self._bars[bar_id] = bar
         if bar is None:

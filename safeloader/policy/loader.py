@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import fields, replace
@@ -22,7 +23,13 @@ from safeloader.policy.schema import (
     WeightsPolicy,
 )
 
-BUILTIN_POLICY_DIR = Path(__file__).resolve().parent.parent.parent / "policies"
+# policies/ of the checkout (also an editable install); an installed wheel carries them as data files.
+_CHECKOUT_POLICY_DIR = Path(__file__).resolve().parent.parent.parent / "policies"
+BUILTIN_POLICY_DIR = (
+    _CHECKOUT_POLICY_DIR
+    if (_CHECKOUT_POLICY_DIR / "default.toml").is_file()
+    else Path(sys.prefix) / "share" / "safeloader" / "policies"
+)
 BUILTIN_NAMES = ("default", "strict", "permissive")
 _MAX_EXTENDS_DEPTH = 16
 

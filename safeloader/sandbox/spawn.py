@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from safeloader.display import printable
 from safeloader.errors import SandboxError
 from safeloader.policy.schema import SANDBOX_LAYERS, SandboxPolicy
 from safeloader.sandbox import (
@@ -447,7 +448,7 @@ def _launch(
         os.close(status_r)
     if "error" in messages or "in_worker" not in messages:
         worker.wait(_OUTPUT_DRAIN_S)  # its last words are in the pipe once it has exited
-        tail = worker.stderr_tail(5)
+        tail = printable(worker.stderr_tail(5))
         worker.close()
         reason = messages.get("error") or f"the worker exited during set-up; its last output: {tail or '(none)'}"
         raise SandboxError(f"the sandboxed worker could not start: {reason}")

@@ -7,24 +7,14 @@ lookup in the verified package. Anything not verified is a clear error instead o
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from safeloader._compat import diffusers_internals
 from safeloader.worker.code_loader import CodeRefused, VerifiedPackage
-
-#: Modules known (diffusers 0.42) to hold an alias of the loader; imported so their alias exists to replace.
-_ALIAS_HOLDERS = (
-    "diffusers.utils.dynamic_modules_utils",
-    "diffusers.utils",
-    "diffusers.pipelines.pipeline_loading_utils",
-    "diffusers.pipelines.pipeline_utils",
-    "diffusers.models.auto_model",
-    "diffusers.modular_pipelines.modular_pipeline",
-)
 
 
 def defined_pipeline_class(module: Any) -> type:
@@ -92,13 +82,12 @@ class VerifiedClassLoader:
 
 def route_dynamic_modules(package: VerifiedPackage, model_dir: Path) -> VerifiedClassLoader:
     """Replace ``get_class_from_dynamic_module`` and all its aliases in loaded diffusers modules."""
-    from diffusers.utils import dynamic_modules_utils
+    dynamic_modules_utils = diffusers_internals.dynamic_modules_utils()
 
     current = dynamic_modules_utils.get_class_from_dynamic_module
     original = getattr(current, "safeloader_original", current)
     loader = VerifiedClassLoader(package, model_dir)
-    for name in _ALIAS_HOLDERS:
-        importlib.import_module(name)
+    diffusers_internals.loader_holders()  # imported, so that each alias they hold exists to be replaced
 
     def verified_get_class_from_dynamic_module(*args: Any, **kwargs: Any) -> type:
         return loader(*args, **kwargs)

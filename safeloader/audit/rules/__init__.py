@@ -15,6 +15,7 @@ from safeloader.audit.rules import (
     obfuscation,
     process,
     tampering,
+    trojan_source,
 )
 from safeloader.audit.rules.base import Family, Rule
 
@@ -30,6 +31,7 @@ FAMILIES: tuple[Family, ...] = (
     credentials.FAMILY_TABLE,
     tampering.FAMILY_TABLE,
     obfuscation.FAMILY_TABLE,
+    trojan_source.FAMILY_TABLE,
 )
 
 RULES: MappingProxyType[str, Rule] = MappingProxyType({rule.id: rule for family in FAMILIES for rule in family.rules})

@@ -1,0 +1,1 @@
+"""What safeloader needs from the libraries around it: tested version ranges, and diffusers' internals."""
