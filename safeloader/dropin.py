@@ -43,10 +43,25 @@ def _encode_kwarg(name: str, value: Any, depth: int = 0) -> Any:
         return [_encode_kwarg(name, item, depth + 1) for item in value]
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
         return {k: _encode_kwarg(name, v, depth + 1) for k, v in value.items()}
+    if _crosses_as_object(value):
+        return value  # the session's encoder sends it as a handle or as the library object's data
     raise InvalidSpecError(
         f"from_pretrained argument {name}={type(value).__name__} is an object and cannot cross into the sandbox; "
-        "pass plain data (dtype, strings, numbers) or load that component inside the pipeline instead."
+        "pass plain data (dtype, strings, numbers), a diffusers scheduler, model or attention processor, "
+        "a component of a sandboxed pipeline, or load that component inside the pipeline instead."
     )
+
+
+def _crosses_as_object(value: Any) -> bool:
+    from safeloader.ipc.library_objects import LibraryObjectRefused, library_payload
+    from safeloader.ipc.session import RemoteReference
+
+    if isinstance(value, RemoteReference):
+        return True
+    try:
+        return library_payload(value) is not None
+    except LibraryObjectRefused:
+        return False
 
 
 def worker_kwargs(kwargs: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
@@ -98,6 +113,7 @@ def load(
     resolved_policy = load_policy(policy)
     pipeline_class = kwargs.pop("_pipeline_class_name", None)
     caller = {name: kwargs.pop(name) for name in CALLER_SIDE_KWARGS if name in kwargs}
+    remote_session = _session_of_remote_components(kwargs)
     if caller.get("force_download"):
         logger.info("force_download is ignored: safeloader re-verifies cached bytes on every load")
     model: ModelSource = resolve_model(
@@ -108,6 +124,10 @@ def load(
         cache_dir=caller.get("cache_dir"),
         local_files_only=bool(caller.get("local_files_only", False)),
     )
+    if remote_session is not None:
+        return _load_in_components_worker(
+            remote_session, model, custom_pipeline, pipeline_class, kwargs, resolved_policy
+        )
     session = _early_worker(model, custom_pipeline, resolved_policy)
     try:
         foreign = collect_foreign_code(
@@ -143,6 +163,53 @@ def load(
     info.policy = resolved_policy
     info.model = model
     return pipe
+
+
+def _session_of_remote_components(kwargs: Mapping[str, Any]) -> Any:
+    """The one worker session the sandboxed components among ``kwargs`` belong to, or ``None`` when there are none."""
+    from safeloader.ipc.session import RemoteReference
+
+    sessions = {
+        id(session): session
+        for value in kwargs.values()
+        if isinstance(value, RemoteReference)
+        for session in (object.__getattribute__(value, "_session"),)
+    }
+    if len(sessions) > 1:
+        raise InvalidSpecError(
+            "from_pretrained got components of different sandboxed pipelines; each pipeline has its own worker, so "
+            "pass components of one pipeline only (load the others again)."
+        )
+    return next(iter(sessions.values()), None)
+
+
+def _load_in_components_worker(
+    session: Any,
+    model: ModelSource,
+    custom_pipeline: str | os.PathLike[str] | None,
+    pipeline_class: str | None,
+    kwargs: dict[str, Any],
+    policy: Policy,
+) -> Any:
+    """``from_pretrained(model, unet=pipe.unet)``: build the pipeline in the worker that holds the components."""
+    from pathlib import Path
+
+    from safeloader.proxy import build_remote_pipeline
+
+    if custom_pipeline is not None:
+        raise InvalidSpecError(
+            "components of a sandboxed pipeline cannot be combined with custom_pipeline code; load the custom "
+            "pipeline on its own, then set its components (pipe.unet = other.unet) within one worker."
+        )
+    worker_model = session.source_model_dir
+    if worker_model is None or Path(worker_model).resolve() != Path(model.directory).resolve():
+        raise InvalidSpecError(
+            f"components of a sandboxed pipeline can only be used with the model its worker was started for "
+            f"({worker_model}); load {model.repo_id or model.directory} on its own instead."
+        )
+    return build_remote_pipeline(
+        session, pipeline_class or "DiffusionPipeline", worker_kwargs(kwargs, policy), from_pretrained=True
+    )
 
 
 def _early_worker(model: ModelSource, custom_pipeline: str | os.PathLike[str] | None, policy: Policy) -> Any:

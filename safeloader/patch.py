@@ -1,6 +1,7 @@
 """Patch mode: route diffusers' own entry points through safeloader, so existing code gains the sandbox.
 
 ``install()`` replaces ``diffusers.DiffusionPipeline.from_pretrained`` with safeloader's loader and
+makes ``SomePipeline(**pipe.components)`` with sandboxed components build the pipeline in their worker, and
 makes diffusers' in-process dynamic-module loader (the one function every foreign-code path of
 diffusers goes through: custom pipelines, ``_class_name`` modules, custom components, ``from_pipe``,
 ``download`` and ``AutoModel`` with ``trust_remote_code``) refuse, so nothing foreign can run in the
@@ -9,6 +10,7 @@ caller while safeloader is installed. ``uninstall()`` restores diffusers exactly
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -20,8 +22,9 @@ from safeloader.policy import Policy, load_policy
 logger = logging.getLogger("safeloader")
 
 _lock = threading.Lock()
-#: (object, attribute name, original value) for everything install() replaced.
+#: (object, attribute name, original value) for everything install() replaced; ``_ABSENT`` when it had none.
 _saved: list[tuple[Any, str, Any]] = []
+_ABSENT = object()
 _policy: Policy | None = None
 
 # Modules that import the dynamic loader under their own name (checked against diffusers 0.42).
@@ -74,11 +77,35 @@ def _routed_from_pretrained(cls: type, pretrained_model_name_or_path: str | os.P
     return load(pretrained_model_name_or_path, policy=policy, **kwargs)
 
 
+def _routed_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``SomePipeline(**pipe.components)``: with sandboxed components, the pipeline is built in their worker."""
+    from safeloader.ipc.session import RemoteReference
+
+    if not any(isinstance(value, RemoteReference) for value in (*args, *kwargs.values())):
+        return object.__new__(cls)
+    from safeloader.dropin import _session_of_remote_components
+    from safeloader.errors import InvalidSpecError
+    from safeloader.proxy import build_remote_pipeline
+
+    if not _is_diffusers_class(cls) or getattr(importlib.import_module("diffusers"), cls.__name__, None) is not cls:
+        raise InvalidSpecError(
+            f"{cls.__name__} is not a pipeline class of diffusers, so it cannot be built in the sandboxed worker "
+            "that holds these components; build a diffusers pipeline class, or load the components in-process."
+        )
+    import inspect
+
+    bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    components = {name: value for name, value in list(bound.arguments.items())[1:]}
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            components.update(components.pop(name, {}))
+    session = _session_of_remote_components(components)
+    return build_remote_pipeline(session, cls.__name__, components)
+
+
 def install(policy: str | os.PathLike[str] | Policy | None = None) -> None:
     """Route ``diffusers.DiffusionPipeline.from_pretrained`` through safeloader under ``policy``."""
     global _policy
-    import importlib
-
     import diffusers
 
     with _lock:
@@ -89,6 +116,10 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> None:
         pipeline_cls = diffusers.DiffusionPipeline
         _saved.append((pipeline_cls, "from_pretrained", pipeline_cls.__dict__["from_pretrained"]))
         pipeline_cls.from_pretrained = classmethod(_routed_from_pretrained)  # type: ignore[assignment,method-assign]
+        # Constructing a diffusers pipeline from sandboxed components builds it in their worker (returning a
+        # RemotePipeline skips __init__); with anything else, construction is diffusers' own.
+        _saved.append((pipeline_cls, "__new__", pipeline_cls.__dict__.get("__new__", _ABSENT)))
+        pipeline_cls.__new__ = staticmethod(_routed_new)  # type: ignore[method-assign]
         for module_name in _DYNAMIC_LOADER_HOLDERS:
             try:
                 module = importlib.import_module(module_name)
@@ -107,5 +138,8 @@ def uninstall() -> None:
     with _lock:
         while _saved:
             owner, name, original = _saved.pop()
-            setattr(owner, name, original)
+            if original is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
         _policy = None
