@@ -5,7 +5,8 @@ makes ``SomePipeline(**pipe.components)`` with sandboxed components build the pi
 makes diffusers' in-process dynamic-module loader (the one function every foreign-code path of
 diffusers goes through: custom pipelines, ``_class_name`` modules, custom components, ``from_pipe``,
 ``download`` and ``AutoModel`` with ``trust_remote_code``) refuse, so nothing foreign can run in the
-caller while safeloader is installed. ``uninstall()`` restores diffusers exactly. Both are idempotent.
+caller while safeloader is installed. ``uninstall()`` restores diffusers (only a pass-through
+``DiffusionPipeline.__new__`` stays, see :func:`install`). Both are idempotent.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from safeloader.policy import Policy, load_policy
 logger = logging.getLogger("safeloader")
 
 _lock = threading.Lock()
-#: (object, attribute name, original value) for everything install() replaced; ``_ABSENT`` when it had none.
+#: (object, attribute name, original value) for everything install() replaced.
 _saved: list[tuple[Any, str, Any]] = []
-_ABSENT = object()
 _policy: Policy | None = None
 
 # Modules that import the dynamic loader under their own name (checked against diffusers 0.42).
@@ -81,7 +81,7 @@ def _routed_new(cls: type, *args: Any, **kwargs: Any) -> Any:
     """``SomePipeline(**pipe.components)``: with sandboxed components, the pipeline is built in their worker."""
     from safeloader.ipc.session import RemoteReference
 
-    if not any(isinstance(value, RemoteReference) for value in (*args, *kwargs.values())):
+    if not installed() or not any(isinstance(value, RemoteReference) for value in (*args, *kwargs.values())):
         return object.__new__(cls)
     from safeloader.dropin import _session_of_remote_components
     from safeloader.errors import InvalidSpecError
@@ -103,6 +103,9 @@ def _routed_new(cls: type, *args: Any, **kwargs: Any) -> Any:
     return build_remote_pipeline(session, cls.__name__, components)
 
 
+_routed_new_entry = staticmethod(_routed_new)
+
+
 def install(policy: str | os.PathLike[str] | Policy | None = None) -> None:
     """Route ``diffusers.DiffusionPipeline.from_pretrained`` through safeloader under ``policy``."""
     global _policy
@@ -117,9 +120,11 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> None:
         _saved.append((pipeline_cls, "from_pretrained", pipeline_cls.__dict__["from_pretrained"]))
         pipeline_cls.from_pretrained = classmethod(_routed_from_pretrained)  # type: ignore[assignment,method-assign]
         # Constructing a diffusers pipeline from sandboxed components builds it in their worker (returning a
-        # RemotePipeline skips __init__); with anything else, construction is diffusers' own.
-        _saved.append((pipeline_cls, "__new__", pipeline_cls.__dict__.get("__new__", _ABSENT)))
-        pipeline_cls.__new__ = staticmethod(_routed_new)  # type: ignore[method-assign]
+        # RemotePipeline skips __init__); with anything else, construction is diffusers' own. CPython cannot
+        # take a __new__ back off a class (deleting it leaves object.__new__ refusing the constructor's
+        # arguments), so this one stays after uninstall() and then only ever calls object.__new__.
+        if pipeline_cls.__dict__.get("__new__") is not _routed_new_entry:
+            pipeline_cls.__new__ = _routed_new_entry  # type: ignore[method-assign]
         for module_name in _DYNAMIC_LOADER_HOLDERS:
             try:
                 module = importlib.import_module(module_name)
@@ -138,8 +143,5 @@ def uninstall() -> None:
     with _lock:
         while _saved:
             owner, name, original = _saved.pop()
-            if original is _ABSENT:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
+            setattr(owner, name, original)
         _policy = None

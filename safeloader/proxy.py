@@ -73,9 +73,10 @@ class WorkerSession(_session.WorkerSession):
 
     def hold(self, handle: int) -> None:
         """One more caller-side stand-in for ``handle``; cancels a release not sent yet."""
-        self._holders[handle] = self._holders.get(handle, 0) + 1
-        if handle in self._pending_release:
-            self._pending_release.remove(handle)
+        with self._lock:
+            self._holders[handle] = self._holders.get(handle, 0) + 1
+            if handle in self._pending_release:
+                self._pending_release.remove(handle)
 
     def release(self, handle: int) -> None:
         self._dropped.append(handle)  # atomic: safe from a finalizer in any thread

@@ -74,23 +74,30 @@ def generator_state(generator: Any) -> bytes:
     return bytes(generator.get_state().numpy())
 
 
-_expected_sizes: dict[str, int] = {}
+#: One scratch generator per device: every received state is tried on it before a real generator is set.
+_scratch: dict[str, tuple[Any, int]] = {}
+
+
+def _scratch_generator(device: str) -> tuple[Any, int]:
+    if device not in _scratch:
+        generator = _torch().Generator(device=device)
+        _scratch[device] = (generator, len(generator.get_state()))
+    return _scratch[device]
 
 
 def _expected_size(device: str) -> int:
-    if device not in _expected_sizes:
-        _expected_sizes[device] = len(_torch().Generator(device=device).get_state())
-    return _expected_sizes[device]
+    return _scratch_generator(device)[1]
 
 
 def checked_state(state: object, device: str) -> Any:
     """``state`` as a uint8 tensor a generator on ``device`` accepts; raises :class:`RngStateError` otherwise."""
     torch = _torch()
-    if not isinstance(state, bytes) or len(state) != _expected_size(device):
-        raise RngStateError(f"a generator state for {device} is not {_expected_size(device)} bytes")
+    scratch, size = _scratch_generator(device)
+    if not isinstance(state, bytes) or len(state) != size:
+        raise RngStateError(f"a generator state for {device} is not {size} bytes")
     tensor = torch.frombuffer(bytearray(state), dtype=torch.uint8)
     try:
-        torch.Generator(device=device).set_state(tensor)  # a scratch generator: the real one is set only if this works
+        scratch.set_state(tensor)  # the real generator is set only once every state of the reply passed this
     except (RuntimeError, ValueError, TypeError) as exc:
         raise RngStateError(f"a generator state for {device} is invalid ({exc})") from None
     return tensor

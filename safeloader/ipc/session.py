@@ -282,7 +282,8 @@ class WorkerSession:
         except CodecError as exc:
             raise UnsupportedValueError(
                 f"an argument cannot be sent to the sandboxed worker while {doing} ({exc}); "
-                "pass data only: numbers, strings, lists, dicts, arrays, tensors, images or generators."
+                "pass data (numbers, strings, lists, dicts, arrays, tensors, images, generators), objects of this "
+                "pipeline, or diffusers schedulers, attention processors and models."
             ) from None
         except (BrokenPipeError, ConnectionError):
             raise self._crashed(doing) from None
