@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -119,7 +120,8 @@ def library_payload(value: object) -> list[Any] | None:
             return None
         klass = type(value)
         if isinstance(value, transformers.PreTrainedModel) and _public_in(transformers, klass):
-            config = value.config.to_dict()
+            # As JSON, as transformers saves it (``id2label`` has int keys, which only cross as strings).
+            config = json.loads(value.config.to_json_string(use_diff=False))
             return [MODEL, "transformers", klass.__name__, config, _state(value), value.training]
     return None
 
