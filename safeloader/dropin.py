@@ -47,10 +47,25 @@ def _encode_kwarg(name: str, value: Any, depth: int = 0) -> Any:
         return [_encode_kwarg(name, item, depth + 1) for item in value]
     if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
         return {k: _encode_kwarg(name, v, depth + 1) for k, v in value.items()}
+    if _crosses_as_object(value):
+        return value  # the session's encoder sends it as a handle or as the library object's data
     raise InvalidSpecError(
         f"from_pretrained argument {name}={type(value).__name__} is an object and cannot cross into the sandbox; "
-        "pass plain data (dtype, strings, numbers) or load that component inside the pipeline instead."
+        "pass plain data (dtype, strings, numbers), a diffusers scheduler, model or attention processor, "
+        "a component of a sandboxed pipeline, or load that component inside the pipeline instead."
     )
+
+
+def _crosses_as_object(value: Any) -> bool:
+    from safeloader.ipc.library_objects import LibraryObjectRefused, library_payload
+    from safeloader.ipc.session import RemoteReference
+
+    if isinstance(value, RemoteReference):
+        return True
+    try:
+        return library_payload(value) is not None
+    except LibraryObjectRefused:
+        return False
 
 
 def worker_kwargs(kwargs: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
@@ -103,6 +118,7 @@ def load(
     resolved_policy = load_policy(policy)
     pipeline_class = kwargs.pop("_pipeline_class_name", None)
     caller = {name: kwargs.pop(name) for name in CALLER_SIDE_KWARGS if name in kwargs}
+    remote_session = _session_of_remote_components(kwargs)
     if caller.get("force_download"):
         logger.info("force_download is ignored: safeloader re-verifies cached bytes on every load")
     model: ModelSource = resolve_model(
@@ -113,8 +129,13 @@ def load(
         cache_dir=caller.get("cache_dir"),
         local_files_only=bool(caller.get("local_files_only", False)),
     )
-    shared = _session_of_remote_components(kwargs, model)
-    session = shared or _early_worker(model, custom_pipeline, resolved_policy)
+    if remote_session is not None:
+        _check_components_model(remote_session, model)
+        if remote_session.pipeline is not None:
+            # Components of a loaded pipeline: a new pipeline object beside it in the same worker.
+            return _load_in_components_worker(remote_session, custom_pipeline, pipeline_class, kwargs, resolved_policy)
+    # Models loaded with safeloader.AutoModel (a worker without a pipeline yet) are used in place, through the gate.
+    session = remote_session or _early_worker(model, custom_pipeline, resolved_policy)
     if session is not None:
         give_hub_access(session, caller)
     try:
@@ -141,7 +162,7 @@ def load(
             pipeline_class=None if foreign.pipeline_entry else pipeline_class,
         )
     except BaseException:
-        if session is not None and shared is None:
+        if session is not None and remote_session is None:
             session.close()
         raise
     info = pipe.safeloader
@@ -153,22 +174,54 @@ def load(
     return pipe
 
 
-def _session_of_remote_components(kwargs: Mapping[str, Any], model: ModelSource) -> Any:
-    """The worker that holds the remote models passed as components (``text_encoder=remote_model``), if any.
-
-    The pipeline is then built in that worker, so the components are shared in place, as diffusers shares them.
-    """
-    from safeloader.automodel import shared_session
+def _session_of_remote_components(kwargs: Mapping[str, Any]) -> Any:
+    """The one worker session the sandboxed components among ``kwargs`` belong to, or ``None`` when there are none."""
     from safeloader.ipc.session import RemoteReference
 
-    remotes = [value for value in kwargs.values() if isinstance(value, RemoteReference)]
-    sessions = {id(object.__getattribute__(value, "_session")): value for value in remotes}
+    sessions = {
+        id(session): session
+        for value in kwargs.values()
+        if isinstance(value, RemoteReference)
+        for session in (object.__getattribute__(value, "_session"),)
+    }
     if len(sessions) > 1:
         raise InvalidSpecError(
-            "the remote components passed to from_pretrained live in different workers; "
-            "load them with worker= set to the first one, so that one worker holds them all."
+            "from_pretrained got components of different sandboxed pipelines; each pipeline has its own worker, so "
+            "pass components of one pipeline only (load the others again)."
         )
-    return shared_session(remotes[0], model) if remotes else None
+    return next(iter(sessions.values()), None)
+
+
+def _check_components_model(session: Any, model: ModelSource) -> None:
+    """Objects of one worker come from the one model folder it was started for (the only one it can read)."""
+    from pathlib import Path
+
+    worker_model = session.source_model_dir
+    if worker_model is None or Path(worker_model).resolve() != Path(model.directory).resolve():
+        raise InvalidSpecError(
+            f"components of a sandboxed pipeline or model can only be used with the model its worker was started "
+            f"for ({worker_model}); load {model.repo_id or model.directory} on its own instead."
+        )
+
+
+def _load_in_components_worker(
+    session: Any,
+    custom_pipeline: str | os.PathLike[str] | None,
+    pipeline_class: str | None,
+    kwargs: dict[str, Any],
+    policy: Policy,
+) -> Any:
+    """``from_pretrained(model, unet=pipe.unet)``: build the pipeline in the worker that holds the components."""
+    from safeloader.proxy import build_remote_pipeline
+
+    if custom_pipeline is not None:
+        raise InvalidSpecError(
+            "components of a sandboxed pipeline cannot be combined with custom_pipeline code; load the custom "
+            "pipeline on its own, then set its components (pipe.unet = other.unet) within one worker."
+        )
+    return build_remote_pipeline(
+        session, pipeline_class or "DiffusionPipeline", worker_kwargs(kwargs, policy), from_pretrained=True
+    )
 
 
 def _early_worker(model: ModelSource, custom_pipeline: str | os.PathLike[str] | None, policy: Policy) -> Any:

@@ -1,15 +1,18 @@
 """Patch mode: route diffusers' own entry points through safeloader, so existing code gains the sandbox.
 
 ``install()`` replaces diffusers' ``DiffusionPipeline.from_pretrained``, ``from_pipe`` and ``download``,
-``AutoModel.from_pretrained`` and the modular ``from_pretrained``s with safeloader's loaders, and closes every
-in-process loader of repository code (:mod:`safeloader.closed_loaders`: diffusers' and transformers'
+``AutoModel.from_pretrained`` and the modular ``from_pretrained``s with safeloader's loaders, makes
+``SomePipeline(**pipe.components)`` with sandboxed components build the pipeline in their worker, and closes
+every in-process loader of repository code (:mod:`safeloader.closed_loaders`: diffusers' and transformers'
 dynamic-module loaders, transformers' ``trust_remote_code`` prompt, ``from_single_file``'s library import).
 Whatever path reaches one of them — known or not — is refused with an error naming the call and the safeloader
 route to use, so nothing foreign runs in the caller while safeloader is installed. ``uninstall()`` restores
-diffusers and transformers exactly. Both are idempotent."""
+diffusers and transformers (only a pass-through ``DiffusionPipeline.__new__`` stays, see :func:`install`).
+Both are idempotent."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -81,6 +84,35 @@ def _routed_from_pretrained(cls: type, pretrained_model_name_or_path: str | os.P
         kwargs["_pipeline_class_name"] = cls.__name__
     policy = kwargs.pop("policy", None) or _policy
     return load(pretrained_model_name_or_path, policy=policy, **kwargs)
+
+
+def _routed_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``SomePipeline(**pipe.components)``: with sandboxed components, the pipeline is built in their worker."""
+    from safeloader.ipc.session import RemoteReference
+
+    if not installed() or not any(isinstance(value, RemoteReference) for value in (*args, *kwargs.values())):
+        return object.__new__(cls)
+    from safeloader.dropin import _session_of_remote_components
+    from safeloader.errors import InvalidSpecError
+    from safeloader.proxy import build_remote_pipeline
+
+    if not _is_diffusers_class(cls) or getattr(importlib.import_module("diffusers"), cls.__name__, None) is not cls:
+        raise InvalidSpecError(
+            f"{cls.__name__} is not a pipeline class of diffusers, so it cannot be built in the sandboxed worker "
+            "that holds these components; build a diffusers pipeline class, or load the components in-process."
+        )
+    import inspect
+
+    bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    components = {name: value for name, value in list(bound.arguments.items())[1:]}
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            components.update(components.pop(name, {}))
+    session = _session_of_remote_components(components)
+    return build_remote_pipeline(session, cls.__name__, components)
+
+
+_routed_new_entry = staticmethod(_routed_new)
 
 
 def _routed_download(cls: type, pretrained_model_name: str | os.PathLike[str], **kwargs: Any) -> Any:
@@ -165,6 +197,13 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> InstallRep
             _route_classmethod(diffusers.AutoModel, "from_pretrained", _routed_auto_model, report)
             for kind in ("ModularPipelineBlocks", "ModularPipeline"):
                 _route_classmethod(getattr(diffusers, kind), "from_pretrained", _routed_modular(kind), report)
+            # Constructing a diffusers pipeline from sandboxed components builds it in their worker (returning a
+            # RemotePipeline skips __init__); with anything else, construction is diffusers' own. CPython cannot
+            # take a __new__ back off a class (deleting it leaves object.__new__ refusing the constructor's
+            # arguments), so this one stays after uninstall() and then only ever calls object.__new__.
+            if pipeline_cls.__dict__.get("__new__") is not _routed_new_entry:
+                pipeline_cls.__new__ = _routed_new_entry  # type: ignore[method-assign]
+            report.routed.append("diffusers pipeline constructors given sandboxed components")
             closed_loaders.close_diffusers(report.closed)
             closed_loaders.close_transformers(report.closed)
         except BaseException:

@@ -126,10 +126,10 @@ def test_images_round_trip() -> None:
 
 def test_generators_dtypes_devices() -> None:
     generator = torch.Generator().manual_seed(1234)
-    generator.manual_seed(1234)
-    torch.randn(3, generator=generator)  # advanced state does not cross; only the seed does
-    result_gen, dtype, device = round_trip([generator, torch.bfloat16, torch.device("cpu")])  # type: ignore[misc]
+    torch.randn(3, generator=generator)  # the advanced state crosses, not only the seed
+    result_gen, dtype, device, again = round_trip([generator, torch.bfloat16, torch.device("cpu"), generator])  # type: ignore[misc]
     assert isinstance(result_gen, torch.Generator) and result_gen.initial_seed() == 1234
+    assert torch.equal(result_gen.get_state(), generator.get_state()) and again is result_gen
     assert dtype is torch.bfloat16 and device == torch.device("cpu")
 
 

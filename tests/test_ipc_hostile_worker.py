@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from safeloader.errors import ProtocolError, WorkerCrashed, WorkerTimeout
 from safeloader.policy.schema import Policy, SandboxPolicy
@@ -97,4 +98,33 @@ def test_a_worker_that_stops_reading_cannot_block_the_caller(tmp_path: Path) -> 
     with pytest.raises(WorkerTimeout, match="stopped reading"):
         session.call(0, "anything", (b"x" * (16 << 20),), {})  # far more than a socket buffer holds
     assert time.monotonic() - started < 10
+    assert_killed(session)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "generator_state_wrong_size",
+        "generator_state_wrong_type",
+        "global_state_as_tensor",
+        "generator_states_missing",
+        "generator_ext_bad_state",
+    ],
+)
+def test_bad_generator_states_are_refused_and_nothing_is_set(mode: str, tmp_path: Path) -> None:
+    session = start_fake(mode, tmp_path / "m", tmp_path)
+    generator = torch.Generator().manual_seed(5)
+    torch.randn(2, generator=generator)
+    before, global_before = generator.get_state(), torch.default_generator.get_state()
+    with pytest.raises(ProtocolError, match="was killed"):
+        session.call(0, "anything", (generator,), {})
+    assert_killed(session)
+    assert torch.equal(generator.get_state(), before)
+    assert torch.equal(torch.default_generator.get_state(), global_before)
+
+
+def test_a_build_answered_with_data_is_a_protocol_error(tmp_path: Path) -> None:
+    session = start_fake("build_answers_data", tmp_path / "m", tmp_path)
+    with pytest.raises(ProtocolError, match="was killed"):
+        session.build_pipeline_in_worker("StableDiffusionPipeline", {})
     assert_killed(session)

@@ -1,7 +1,8 @@
 """The pickle-free encoding of everything that crosses between caller and worker.
 
-msgpack for plain data, plus extension types for arrays, tensors, images, diffusers outputs, generators,
-dtypes, devices, tuples, opaque handles and callback markers. Decoding never imports or calls anything the
+msgpack for plain data, plus extension types for arrays, tensors, images, diffusers and transformers outputs,
+generators (with their state), dtypes, devices, tuples, configs, opaque handles, callback markers and the caller's
+library objects (see :mod:`safeloader.ipc.library_objects`). Decoding never imports or calls anything the
 peer names: every extension is rebuilt from an allow list, and every message is checked against
 :class:`~safeloader.ipc.limits.Limits` (depth, item count, total bytes, fd use).
 """
@@ -18,7 +19,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from safeloader.ipc import library_objects
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
+from safeloader.ipc.rng import generator_state, is_library_output, output_fields, restore_generator
 from safeloader.ipc.shm import SharedMemoryError, map_sealed_memfd, sealed_memfd_from
 
 
@@ -33,6 +36,18 @@ class Ext(IntEnum):
     HANDLE = 8
     TUPLE = 9
     CALLBACK = 10
+    #: A diffusers ``FrozenDict`` config (both ways), rebuilt as one from data only.
+    CONFIG = 20
+    #: A library object the caller holds (scheduler, attention processor, model), rebuilt by the worker only.
+    LIBRARY = 21
+
+
+class ExtReplacement:
+    """What an encoder fallback returns to have ``payload`` converted (tensors included) and sent as ``code``."""
+
+    def __init__(self, code: int, payload: object) -> None:
+        self.code = code
+        self.payload = payload
 
 
 class CodecError(Exception):
@@ -87,6 +102,14 @@ OUTPUT_CLASSES: Mapping[str, tuple[str, str]] = {
     "DDPMSchedulerOutput": ("diffusers.schedulers.scheduling_ddpm", "DDPMSchedulerOutput"),
     "DDIMSchedulerOutput": ("diffusers.schedulers.scheduling_ddim", "DDIMSchedulerOutput"),
     "SchedulerOutput": ("diffusers.schedulers.scheduling_utils", "SchedulerOutput"),
+    "DecoderOutput": ("diffusers.models.autoencoders.vae", "DecoderOutput"),
+    "AutoencoderKLOutput": ("diffusers.models.modeling_outputs", "AutoencoderKLOutput"),
+    "Transformer2DModelOutput": ("diffusers.models.modeling_outputs", "Transformer2DModelOutput"),
+    # transformers outputs are rebuilt only when their first field is a tensor (see _output).
+    "BaseModelOutput": ("transformers.modeling_outputs", "BaseModelOutput"),
+    "BaseModelOutputWithPooling": ("transformers.modeling_outputs", "BaseModelOutputWithPooling"),
+    "CLIPTextModelOutput": ("transformers.models.clip.modeling_clip", "CLIPTextModelOutput"),
+    "CLIPVisionModelOutput": ("transformers.models.clip.modeling_clip", "CLIPVisionModelOutput"),
 }
 _DEVICE_NAME = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,3})?")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -145,11 +168,15 @@ class GenericOutput(dict[str, Any]):
         return f"{self.type_name}({dict.__repr__(self)})"
 
 
-def _is_base_output(value: object) -> bool:
-    return any(
-        klass.__name__ == "BaseOutput" and klass.__module__ == "diffusers.utils.outputs"
-        for klass in type(value).__mro__
-    )
+_is_base_output = is_library_output
+
+
+def _inert_first_field(module: str, first: object) -> bool:
+    """Whether building the output class from ``first`` cannot turn worker data into attributes."""
+    if module.startswith("transformers."):
+        torch = _torch_loaded()
+        return torch is not None and isinstance(first, torch.Tensor)
+    return not isinstance(first, Mapping)
 
 
 def _torch() -> Any:
@@ -171,7 +198,7 @@ def _pil_image_class() -> Any:
     return None if module is None else module.Image
 
 
-HandleEncoder = Callable[[object], msgpack.ExtType]
+HandleEncoder = Callable[[object], "msgpack.ExtType | ExtReplacement"]
 ExtDecoder = Callable[[int, Any], object]
 
 
@@ -190,6 +217,7 @@ class Encoder:
         fds: list[int] = []
         self._items = 0
         self._bytes = 0
+        self._generator_slots: dict[int, int] = {}
         try:
             packed = msgpack.packb(self._convert(message, 0, fds), use_bin_type=True)
         except BaseException:
@@ -239,8 +267,12 @@ class Encoder:
         if isinstance(value, list):
             return [self._convert(item, depth + 1, fds) for item in value]
         if _is_base_output(value):
-            fields = {str(k): self._convert(v, depth + 1, fds) for k, v in value.items()}  # type: ignore[attr-defined]
+            # Every field, None ones too: a rebuilt output needs them all (``nsfw_content_detected=None``).
+            fields = {str(k): self._convert(v, depth + 1, fds) for k, v in output_fields(value).items()}
             return msgpack.ExtType(Ext.OUTPUT, self._pack([type(value).__name__, fields]))
+        if isinstance(value, dict) and type(value) is not dict and library_objects.is_frozen_dict(value):
+            config = {str(k): self._convert(v, depth + 1, fds) for k, v in value.items()}
+            return msgpack.ExtType(Ext.CONFIG, self._pack(config))
         if isinstance(value, dict):
             converted: dict[str, object] = {}
             for key, item in value.items():
@@ -255,8 +287,10 @@ class Encoder:
             if isinstance(value, torch.Tensor):
                 return self._tensor(value, fds)
             if isinstance(value, torch.Generator):
-                # Only the seed and device cross: a generator's advanced state is not reproduced on the other side.
-                return msgpack.ExtType(Ext.GENERATOR, self._pack([value.initial_seed(), str(value.device)]))
+                # The full state crosses; the slot lets the receiver keep one generator passed twice as one.
+                slot = self._generator_slots.setdefault(id(value), len(self._generator_slots))
+                payload = [value.initial_seed(), str(value.device), generator_state(value), slot]
+                return msgpack.ExtType(Ext.GENERATOR, self._pack(payload))
             if isinstance(value, torch.dtype):
                 return msgpack.ExtType(Ext.DTYPE, self._pack(str(value).removeprefix("torch.")))
             if isinstance(value, torch.device):
@@ -265,7 +299,11 @@ class Encoder:
         if image_class is not None and isinstance(value, image_class):
             return self._image(value, fds)
         if self.fallback is not None:
-            return self.fallback(value)
+            replacement = self.fallback(value)
+            if isinstance(replacement, ExtReplacement):
+                replaced = self._convert(replacement.payload, depth + 1, fds)
+                return msgpack.ExtType(replacement.code, self._pack(replaced))
+            return replacement
         raise CodecError(f"a value of type {type(value).__name__} cannot cross to the worker; pass data only")
 
     def _ndarray(self, value: np.ndarray | np.generic, fds: list[int]) -> msgpack.ExtType:
@@ -319,18 +357,26 @@ class Decoder:
         limits: Limits = DEFAULT_LIMITS,
         on_handle: ExtDecoder | None = None,
         on_callback: ExtDecoder | None = None,
+        on_library: ExtDecoder | None = None,
         tensor_device: Callable[[str], str] | None = None,
     ) -> None:
         self.limits = limits
         self.on_handle = on_handle
         self.on_callback = on_callback
+        self.on_library = on_library
         self.tensor_device = tensor_device
+        #: The generators of the last decoded message, by slot (the worker sends their states back), and the
+        #: device each came from (a state is only meaningful on the same kind of device).
+        self.generators: list[Any] = []
+        self.generator_sources: list[str] = []
 
     def decode(self, body: bytes | bytearray, fds: list[int]) -> Any:
         self._items = 0
         self._bytes = 0
         self._fds = fds
         self._used: set[int] = set()
+        self.generators = []
+        self.generator_sources = []
         try:
             value = self._convert(self._unpack(body), 0)
             if len(self._used) != len(fds):
@@ -434,6 +480,10 @@ class Decoder:
             return self.on_handle(code, self._payload(data, "any"))
         if code == Ext.CALLBACK and self.on_callback is not None:
             return self.on_callback(code, self._payload(data, "any"))
+        if code == Ext.CONFIG:
+            return self._config(self._payload(data, "any"), depth)
+        if code == Ext.LIBRARY and self.on_library is not None:
+            return self.on_library(code, self._convert(self._payload(data, "list"), depth + 1))
         raise CodecError(f"extension type {code} is not allowed here")
 
     def _device_name(self, name: object) -> str:
@@ -527,9 +577,10 @@ class Decoder:
                 raise CodecError(f"an output field name {str(key)[:40]!r} is not a public identifier")
         fields = {key: self._convert(item, depth + 1) for key, item in payload[1].items()}
         location = OUTPUT_CLASSES.get(type_name)
-        # diffusers' BaseOutput turns the keys of a dict in its first field into attributes: never build one.
+        # diffusers' BaseOutput turns the keys of a dict in its first field into attributes, and transformers'
+        # ModelOutput those of a list of pairs too: never build one unless its first field is a plain value.
         first = next(iter(fields.values()), None)
-        if location is not None and not isinstance(first, Mapping):
+        if location is not None and _inert_first_field(location[0], first):
             import importlib
 
             try:
@@ -539,10 +590,31 @@ class Decoder:
                 pass
         return GenericOutput(type_name, fields)
 
+    def _config(self, payload: Any, depth: int) -> Any:
+        if not isinstance(payload, dict) or not all(isinstance(key, str) for key in payload):
+            raise CodecError("a config extension is malformed")
+        fields = {key: self._convert(item, depth + 1) for key, item in payload.items()}
+        return library_objects.frozen_dict(fields)
+
     def _generator(self, payload: list[Any]) -> Any:
-        torch = _torch()
-        if len(payload) != 2 or not isinstance(payload[0], int) or not 0 <= payload[0] <= _MAX_INT:
+        _torch()
+        if (
+            len(payload) != 4
+            or not isinstance(payload[0], int)
+            or not 0 <= payload[0] <= _MAX_INT
+            or not isinstance(payload[3], int)
+            or isinstance(payload[3], bool)
+            or not 0 <= payload[3] <= len(self.generators)
+        ):
             raise CodecError("a generator extension is malformed")
+        if payload[3] < len(self.generators):
+            return self.generators[payload[3]]  # the same generator passed twice stays one generator
         device = self._device_name(payload[1])
         target = self.tensor_device(device) if self.tensor_device is not None else "cpu"
-        return torch.Generator(device=target).manual_seed(payload[0])
+        try:
+            generator = restore_generator(payload[0], device, payload[2], target)
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
+        self.generators.append(generator)
+        self.generator_sources.append(device)
+        return generator

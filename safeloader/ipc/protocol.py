@@ -1,6 +1,7 @@
 """The messages caller and worker exchange: every message is a msgpack map with an ``op`` key.
 
-Caller → worker: ``load``, ``getattr``, ``call``, ``describe``, ``seed``, ``release``, ``close``, and, while a call is
+Caller → worker: ``load``, ``getattr``, ``setattr``, ``call``, ``build``, ``describe``, ``seed``, ``release``,
+``close``, and, while a call is
 waiting on a callback, ``callback_result`` / ``callback_error``. Worker → caller: ``hello`` once at start,
 then for each request exactly one ``result`` or ``error``, possibly preceded by ``progress`` and
 ``callback`` messages. Requests nest only through callbacks, so the exchange is strictly last-in first-out.
@@ -16,6 +17,11 @@ HELLO = "hello"
 LOAD = "load"
 GETATTR = "getattr"
 CALL = "call"
+#: ``obj.name = value`` on a worker object (any non-dunder name: writing cannot make the caller run anything).
+SETATTR = "setattr"
+#: Build a diffusers pipeline class in the worker from handles and data: ``cls(**kwargs)`` or
+#: ``cls.from_pretrained(model, **kwargs)``; replies ``{"pipeline": <handle>, "info": describe(...)}``.
+BUILD = "build"
 DESCRIBE = "describe"
 RELEASE = "release"
 SEED = "seed"
@@ -47,6 +53,11 @@ ERROR_LIMIT = "limit"
 def is_public_name(name: object) -> bool:
     """Names the caller may ask for by attribute or method: no dunder or private protocol names."""
     return isinstance(name, str) and name.isidentifier() and not name.startswith("_")
+
+
+def is_writable_name(name: object) -> bool:
+    """Names the caller may *set* on a worker object: any identifier but dunders (``pipe._interrupt = True``)."""
+    return isinstance(name, str) and name.isidentifier() and not (name.startswith("__") and name.endswith("__"))
 
 
 #: Model loads (issue 11), served by :mod:`safeloader.worker.model_loaders`: ``load_model`` builds a diffusers or

@@ -35,6 +35,7 @@ from safeloader.ipc import protocol
 from safeloader.ipc.channel import Channel
 from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device, preload_output_classes
 from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed
+from safeloader.ipc.rng import CallRng
 from safeloader.policy.schema import Policy
 from safeloader.sandbox.report import LayerStatus, SandboxReport
 
@@ -129,6 +130,10 @@ class WorkerSession:
         self._bars: dict[int, Any] = {}
         #: Caller-side Hub access and caches for assets and brokered downloads (safeloader.assets.broker).
         self.hub_broker: Any = None
+        # One request at a time on the channel; re-entrant because a callback (run by the thread that holds it)
+        # may call back into the pipeline.
+        self._lock = threading.RLock()
+        self._call_depth = 0
         self.channel = Channel(
             worker.sock,
             Encoder(fallback=self._encode_reference),
@@ -283,13 +288,21 @@ class WorkerSession:
         except CodecError as exc:
             raise UnsupportedValueError(
                 f"an argument cannot be sent to the sandboxed worker while {doing} ({exc}); "
-                "pass data only: numbers, strings, lists, dicts, arrays, tensors, images or generators."
+                "pass data (numbers, strings, lists, dicts, arrays, tensors, images, generators), objects of this "
+                "pipeline, or diffusers schedulers, attention processors and models."
             ) from None
         except (BrokenPipeError, ConnectionError):
             raise self._crashed(doing) from None
 
     def request(self, message: dict[str, Any], *, timeout_s: float, doing: str) -> Any:
-        """Send one request and serve progress and callbacks until its result; returns the result's value."""
+        """Send one request and serve progress and callbacks until its result; returns the result's value.
+
+        Requests from several threads are serialized: each waits for the one before it to finish.
+        """
+        with self._lock:
+            return self._request(message, timeout_s=timeout_s, doing=doing)
+
+    def _request(self, message: dict[str, Any], *, timeout_s: float, doing: str) -> Any:
         if self.closed:
             raise WorkerCrashed(f"the sandboxed worker is closed, so {doing} is impossible; load the pipeline again.")
         self.wait_until_ready()
@@ -423,8 +436,11 @@ class WorkerSession:
                 f"the sandboxed worker asked for a callback that was not passed while {doing} and was killed; "
                 "the pipeline code is misbehaving — do not trust its output."
             )
+        pipeline = message.get("pipe")
+        if not isinstance(pipeline, RemoteReference):
+            pipeline = self.pipeline
         try:
-            result = callback(self.pipeline, message.get("step"), message.get("timestep"), message.get("tensors") or {})
+            result = callback(pipeline, message.get("step"), message.get("timestep"), message.get("tensors") or {})
             call_timeout = self.policy.sandbox.call_timeout_s
             self._send({"op": protocol.CALLBACK_RESULT, "tensors": result}, doing, timeout_s=call_timeout)
         except (WorkerCrashed, UnsupportedValueError) as exc:
@@ -468,15 +484,66 @@ class WorkerSession:
                 registered.append(callback_id)
                 arguments[key] = _CallbackRef(callback_id)
         label = "calling the pipeline" if method is None else f"calling {method}()"
-        try:
-            return self.request(
-                {"op": protocol.CALL, "target": handle, "method": method, "args": list(args), "kwargs": arguments},
-                timeout_s=self.policy.sandbox.call_timeout_s,
-                doing=label,
+        message = {"op": protocol.CALL, "target": handle, "method": method, "args": list(args), "kwargs": arguments}
+        with self._lock:
+            # Generators (and the global RNG, for calls not nested in a callback) go with their state and come back.
+            rng = CallRng.for_call(args, arguments, nested=self._call_depth > 0)
+            if rng is not None:
+                message["rng"] = rng.message()
+            self._call_depth += 1
+            try:
+                reply = self.request(message, timeout_s=self.policy.sandbox.call_timeout_s, doing=label)
+            finally:
+                self._call_depth -= 1
+                for callback_id in registered:
+                    self._callbacks.pop(callback_id, None)
+            return reply if rng is None else rng.apply(reply, lambda problem: self._violation(problem, label))
+
+    def _violation(self, problem: str, doing: str) -> ProtocolError:
+        """Kill the worker for a reply that breaks the protocol; returns the error to raise."""
+        self._abort()
+        return ProtocolError(
+            f"the sandboxed worker answered with an invalid reply while {doing} ({problem}) and was killed; "
+            "the pipeline code is misbehaving — do not trust its output."
+        )
+
+    def set_attribute(self, handle: int, name: str, value: object) -> None:
+        """``obj.name = value`` on a worker object; ``value`` is data, a handle or an allow-listed library object."""
+        if not protocol.is_writable_name(name):
+            raise UnsupportedValueError(
+                f"attribute {name!r} is a protocol name and is never set on the worker's objects; set another name."
             )
-        finally:
-            for callback_id in registered:
-                self._callbacks.pop(callback_id, None)
+        self.request(
+            {"op": protocol.SETATTR, "target": handle, "name": name, "value": value},
+            timeout_s=self.policy.sandbox.call_timeout_s,
+            doing=f"setting .{name}",
+        )
+
+    def build_pipeline_in_worker(
+        self, class_name: str, components: Mapping[str, Any], *, from_pretrained: bool = False
+    ) -> tuple[RemoteReference, dict[str, Any]]:
+        """Build a diffusers pipeline class in this worker from handles and data (``BUILD``); returns it and its info.
+
+        ``from_pretrained=False`` calls ``class_name(**components)``; ``True`` calls
+        ``class_name.from_pretrained(<this worker's model>, **components)``. The class is looked up in diffusers.
+        """
+        reply = self.request(
+            {
+                "op": protocol.BUILD,
+                "class_name": class_name,
+                "from_pretrained": from_pretrained,
+                "kwargs": dict(components),
+            },
+            timeout_s=self.policy.sandbox.load_timeout_s,
+            doing=f"building a {class_name[:100]}",
+        )
+        if (
+            not isinstance(reply, dict)
+            or not isinstance(reply.get("pipeline"), RemoteReference)
+            or not isinstance(reply.get("info"), dict)
+        ):
+            raise self._violation("a built pipeline is not a handle with its info", "building a pipeline")
+        return reply["pipeline"], reply["info"]
 
     def get_attribute(self, handle: int, name: str) -> tuple[str, Any]:
         """``("method", None)`` when ``name`` is a method of the worker object, else ``("value", value)``."""
@@ -560,10 +627,15 @@ class WorkerSession:
         self.closed = True
         _live_sessions.discard(self)
         # The worker holds nothing worth flushing, and a graceful interpreter exit after torch costs most of a
-        # second: say goodbye, then kill it and reap it.
-        with contextlib.suppress(OSError):
-            self.worker.sock.settimeout(_CLOSE_GRACE_S)  # a worker that stops reading cannot block close()
-            self.channel.send({"op": protocol.CLOSE})
+        # second: say goodbye, then kill it and reap it. While another thread is mid-request the goodbye would
+        # interleave with its frames, so then the worker is only killed (that thread gets WorkerCrashed).
+        if self._lock.acquire(blocking=False):
+            try:
+                with contextlib.suppress(OSError):
+                    self.worker.sock.settimeout(_CLOSE_GRACE_S)  # a worker that stops reading cannot block close()
+                    self.channel.send({"op": protocol.CLOSE})
+            finally:
+                self._lock.release()
         try:
             self.worker.kill()
             self.worker.wait(_CLOSE_GRACE_S)

@@ -90,6 +90,7 @@ class StepCallback:
             {
                 "op": protocol.CALLBACK,
                 "callback": self.callback_id,
+                "pipe": pipe,
                 "step": int(step),
                 "timestep": timestep,
                 "tensors": dict(callback_kwargs),

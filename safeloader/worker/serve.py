@@ -23,6 +23,8 @@ from safeloader.ipc import protocol
 from safeloader.ipc.channel import Channel
 from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device
 from safeloader.ipc.framing import PeerClosed
+from safeloader.ipc.library_objects import LibraryObjectRefused, rebuild_library_object
+from safeloader.ipc.rng import RngStateError, checked_state, generator_state
 from safeloader.sandbox.report import LayerStatus
 from safeloader.worker.assets import WorkerAssets
 from safeloader.worker.audit_hook import EventRecorder, install_recorder
@@ -69,10 +71,16 @@ class Worker:
         self.closing = False
         #: Private folders for files the caller hands over and for what methods write (safeloader.assets).
         self.assets = WorkerAssets()
+        self.model_dir: Path | None = None
         self.channel = Channel(
             sock,
             Encoder(fallback=self._encode_handle),
-            Decoder(on_handle=self._decode_handle, on_callback=self._decode_callback, tensor_device=available_device),
+            Decoder(
+                on_handle=self._decode_handle,
+                on_callback=self._decode_callback,
+                on_library=self._decode_library_object,
+                tensor_device=available_device,
+            ),
         )
 
     # handles ------------------------------------------------------------------------------------------
@@ -102,6 +110,14 @@ class Worker:
             raise CodecError("a callback marker is malformed")
         return StepCallback(payload, self.ask)
 
+    def _decode_library_object(self, _code: int, payload: Any) -> object:
+        try:
+            return rebuild_library_object(payload)
+        except LibraryObjectRefused:
+            raise
+        except Exception as exc:  # the caller's data did not fit the class: refuse the request, keep serving
+            raise LibraryObjectRefused(f"{type(exc).__name__}: {str(exc)[:1000]}") from None
+
     def _target(self, handle: object) -> object:
         if not isinstance(handle, int) or handle not in self.objects:
             raise Refused(f"handle {handle!r} does not name a live worker object")
@@ -119,12 +135,34 @@ class Worker:
         """Send a callback request, serving nested requests until its reply comes."""
         self.send(message)
         while True:
-            request = self.channel.recv()
+            request = self.receive()
+            if request is None:
+                continue
             if request["op"] == protocol.CALLBACK_RESULT:
                 return request.get("tensors")
             if request["op"] == protocol.CALLBACK_ERROR:
                 raise CallbackFailed(str(request.get("message", "the caller's callback failed")))
             self.dispatch(request)
+
+    def receive(self) -> dict[str, Any] | None:
+        """The next request, or ``None`` when it named a library object that cannot be rebuilt (answered here)."""
+        try:
+            return self.channel.recv()
+        except LibraryObjectRefused as exc:
+            self.refuse(exc)
+            return None
+
+    def refuse(self, exc: Exception) -> None:
+        self.send(
+            {
+                "op": protocol.ERROR,
+                "kind": protocol.ERROR_REFUSED,
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": "",
+                "events": self.events(),
+            }
+        )
 
     def events(self) -> list[dict[str, Any]]:
         return self.recorder.take() if self.recorder is not None else []
@@ -133,16 +171,7 @@ class Worker:
         try:
             value = self.handle(request)
         except (CodeRefused, Refused, LoadRefused) as exc:
-            self.send(
-                {
-                    "op": protocol.ERROR,
-                    "kind": protocol.ERROR_REFUSED,
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": "",
-                    "events": self.events(),
-                }
-            )
+            self.refuse(exc)
             return
         except Exception as exc:  # every pipeline exception reaches the caller as text
             self.send(
@@ -181,10 +210,11 @@ class Worker:
         )
         while not self.closing:
             try:
-                request = self.channel.recv()
+                request = self.receive()
             except PeerClosed:
                 return
-            self.dispatch(request)
+            if request is not None:
+                self.dispatch(request)
 
     # requests -----------------------------------------------------------------------------------------
     def handle(self, request: dict[str, Any]) -> Any:
@@ -196,6 +226,14 @@ class Worker:
             return self.get_attribute(self._target(request.get("target")), request.get("name"))
         if op == protocol.CALL:
             return self.call(request)
+        if op == protocol.SETATTR:
+            name = request.get("name")
+            if not protocol.is_writable_name(name):
+                raise Refused(f"attribute {name!r} is a protocol name and is never set")
+            setattr(self._target(request.get("target")), str(name), request.get("value"))
+            return None
+        if op == protocol.BUILD:
+            return self.build(request)
         if op == protocol.DESCRIBE:
             return describe(self._target(request.get("target")))
         if op == protocol.SEED:
@@ -227,6 +265,7 @@ class Worker:
         if protocol.PIPELINE_HANDLE in self.objects:
             raise Refused("this worker already holds a pipeline; start a new session for another load")
         model_dir = Path(str(request["model_dir"]))
+        self.model_dir = model_dir
         kwargs = dict(request.get("kwargs") or {})
         refused = sorted(_REFUSED_KWARGS & set(kwargs))
         if refused:
@@ -263,7 +302,50 @@ class Worker:
             return {"kind": "method"}
         return {"kind": "value", "value": value}
 
+    def build(self, request: dict[str, Any]) -> Any:
+        """A diffusers pipeline built here from handles and data (``from_pipe``, ``Pipeline(**components)``)."""
+        pipeline_class = diffusers_pipeline_class(request.get("class_name"))
+        kwargs = request.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise Refused("the components of a pipeline to build must be a map")
+        if request.get("from_pretrained") is True:
+            refused = sorted(_REFUSED_KWARGS & set(kwargs))
+            if refused or self.model_dir is None:
+                raise Refused(f"from_pretrained arguments {refused} are decided by safeloader, not passed through")
+            pipeline = pipeline_class.from_pretrained(str(self.model_dir), **kwargs)
+        else:
+            pipeline = pipeline_class(**kwargs)
+        self._register(pipeline)
+        return {"pipeline": pipeline, "info": describe(pipeline)}
+
     def call(self, request: dict[str, Any]) -> Any:
+        # The generators decoded from this request, by slot; their states go back with the result.
+        generators = list(self.channel.decoder.generators)
+        sources = list(self.channel.decoder.generator_sources)
+        rng = request.get("rng")
+        if not isinstance(rng, dict):
+            return self.invoke(request)
+        import torch
+
+        if rng.get("generators") != len(generators):
+            raise Refused("the request's generator count does not match its generators")
+        if rng.get("global") is not None:
+            try:
+                torch.default_generator.set_state(checked_state(rng["global"], "cpu"))
+            except RngStateError as exc:
+                raise Refused(str(exc)) from None
+        value = self.invoke(request)
+        return {
+            "value": value,
+            # None when the generator lives on another kind of device than the caller's (no common state).
+            "generators": [
+                generator_state(generator) if generator.device.type == source.split(":")[0] else None
+                for generator, source in zip(generators, sources, strict=True)
+            ],
+            "global": None if rng.get("global") is None else generator_state(torch.default_generator),
+        }
+
+    def invoke(self, request: dict[str, Any]) -> Any:
         target = self._target(request.get("target"))
         method = request.get("method")
         if method is not None:

@@ -83,6 +83,20 @@ elif mode == "private_output_field":
     frame({"op": "result", "value": msgpack.ExtType(Ext.OUTPUT, msgpack.packb(["ImagePipelineOutput", {"images": [inner]}]))})
 elif mode == "unhashable_callback":
     frame({"op": "callback", "callback": [1], "step": 0, "timestep": 0, "tensors": {}})
+elif mode == "generator_state_wrong_size":
+    # A call that carried one generator: its "advanced state" is 10 bytes, not a CPU generator's 5056.
+    frame({"op": "result", "value": {"value": 1, "generators": [b"\x00" * 10], "global": b"\x00" * 5056}})
+elif mode == "generator_state_wrong_type":
+    frame({"op": "result", "value": {"value": 1, "generators": ["state"], "global": None}})
+elif mode == "global_state_as_tensor":
+    state = msgpack.ExtType(Ext.TENSOR, msgpack.packb(["float32", [1264], b"\x00" * 5056, "cpu"]))
+    frame({"op": "result", "value": {"value": 1, "generators": [None], "global": state}})
+elif mode == "generator_states_missing":
+    frame({"op": "result", "value": 1})
+elif mode == "generator_ext_bad_state":
+    frame({"op": "result", "value": msgpack.ExtType(Ext.GENERATOR, msgpack.packb([0, "cpu", b"\x00" * 7, 0]))})
+elif mode == "build_answers_data":
+    frame({"op": "result", "value": {"pipeline": 0, "info": {}}})
 elif mode == "result_after_callback_storm":
     for _ in range(10_000):
         frame({"op": "progress", "bar": 1, "event": "update", "n": 1, "total": 1.0, "desc": "x"})

@@ -1,0 +1,167 @@
+"""Random number generators that cross with their full state, both ways, so randomness matches in-process diffusers.
+
+A ``torch.Generator`` passed to the worker travels as its seed, device and ``get_state()`` bytes; after the call
+the worker sends each generator's advanced state back and the caller's generator is set to it, so two calls with
+one generator give what they give in-process. The caller's default CPU generator (``torch.manual_seed``) is
+carried the same way for every top-level call. States from the worker are checked (type, exact size, accepted by
+a scratch generator) before any of the caller's generators is touched; a bad one is a protocol violation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = [
+    "CallRng",
+    "RngStateError",
+    "collect_generators",
+    "generator_state",
+    "output_fields",
+    "restore_generator",
+]
+
+
+class RngStateError(ValueError):
+    """A generator state from the other side is malformed."""
+
+
+def _torch() -> Any:
+    return sys.modules.get("torch")
+
+
+def output_fields(value: Any) -> dict[str, Any]:
+    """Every field of a diffusers ``BaseOutput`` / transformers ``ModelOutput``, ``None`` ones included."""
+    if dataclasses.is_dataclass(value):
+        return {field.name: getattr(value, field.name, None) for field in dataclasses.fields(value)}
+    return dict(value.items())
+
+
+def is_library_output(value: object) -> bool:
+    """A diffusers ``BaseOutput`` or a transformers ``ModelOutput`` (found by class, never by its data)."""
+    for klass in type(value).__mro__:
+        if (klass.__name__ == "BaseOutput" and klass.__module__ == "diffusers.utils.outputs") or (
+            klass.__name__ == "ModelOutput" and klass.__module__ == "transformers.utils.generic"
+        ):
+            return True
+    return False
+
+
+def collect_generators(value: object, found: list[Any] | None = None, depth: int = 0) -> list[Any]:
+    """The generators in ``value`` in the order the encoder meets them (each once), which is their slot order."""
+    found = [] if found is None else found
+    torch = _torch()
+    if torch is None or depth > 64:
+        return found
+    if isinstance(value, torch.Generator):
+        if not any(known is value for known in found):
+            found.append(value)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            collect_generators(item, found, depth + 1)
+    elif is_library_output(value):
+        for item in output_fields(value).values():
+            collect_generators(item, found, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            collect_generators(item, found, depth + 1)
+    return found
+
+
+def generator_state(generator: Any) -> bytes:
+    return bytes(generator.get_state().numpy())
+
+
+#: One scratch generator per device: every received state is tried on it before a real generator is set.
+_scratch: dict[str, tuple[Any, int]] = {}
+
+
+def _scratch_generator(device: str) -> tuple[Any, int]:
+    if device not in _scratch:
+        generator = _torch().Generator(device=device)
+        _scratch[device] = (generator, len(generator.get_state()))
+    return _scratch[device]
+
+
+def _expected_size(device: str) -> int:
+    return _scratch_generator(device)[1]
+
+
+def checked_state(state: object, device: str) -> Any:
+    """``state`` as a uint8 tensor a generator on ``device`` accepts; raises :class:`RngStateError` otherwise."""
+    torch = _torch()
+    scratch, size = _scratch_generator(device)
+    if not isinstance(state, bytes) or len(state) != size:
+        raise RngStateError(f"a generator state for {device} is not {size} bytes")
+    tensor = torch.frombuffer(bytearray(state), dtype=torch.uint8)
+    try:
+        scratch.set_state(tensor)  # the real generator is set only once every state of the reply passed this
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise RngStateError(f"a generator state for {device} is invalid ({exc})") from None
+    return tensor
+
+
+def restore_generator(seed: int, source_device: str, state: object, target_device: str) -> Any:
+    """A generator on ``target_device`` with ``state`` when it was saved on the same kind of device, else seeded."""
+    torch = _torch()
+    generator = torch.Generator(device=target_device)
+    if state is not None and source_device.split(":")[0] == target_device.split(":")[0]:
+        generator.set_state(checked_state(state, target_device))
+    else:
+        # A CUDA generator's state means nothing to a CPU generator (and back): start from its seed instead.
+        generator.manual_seed(seed)
+    return generator
+
+
+@dataclasses.dataclass
+class CallRng:
+    """What one call carries: the caller's generators (by slot) and, for top-level calls, the global CPU state."""
+
+    generators: list[Any]
+    carry_global: bool
+
+    @classmethod
+    def for_call(cls, args: object, kwargs: Mapping[str, Any], *, nested: bool) -> CallRng | None:
+        if _torch() is None:
+            return None
+        generators = collect_generators(kwargs, collect_generators(args))
+        # A call made from inside a callback must not rewind the global RNG of the call it is nested in.
+        if not generators and nested:
+            return None
+        return cls(generators, carry_global=not nested)
+
+    def message(self) -> dict[str, Any]:
+        torch = _torch()
+        return {
+            "generators": len(self.generators),
+            "global": generator_state(torch.default_generator) if self.carry_global else None,
+        }
+
+    def apply(self, reply: object, fail: Callable[[str], BaseException]) -> Any:
+        """Check the worker's states, then set the caller's generators to them; returns the call's value."""
+        torch = _torch()
+        if not isinstance(reply, dict) or set(reply) != {"value", "generators", "global"}:
+            raise fail("a call's reply does not carry the generator states it must")
+        states = reply["generators"]
+        if not isinstance(states, list) or len(states) != len(self.generators):
+            raise fail("a call's reply carries the wrong number of generator states")
+        try:
+            checked = [
+                None if state is None else checked_state(state, str(generator.device))
+                for generator, state in zip(self.generators, states, strict=True)
+            ]
+            global_state = None
+            if self.carry_global:
+                global_state = checked_state(reply["global"], "cpu")
+            elif reply["global"] is not None:
+                raise RngStateError("a nested call's reply carries a global state")
+        except RngStateError as exc:
+            raise fail(str(exc)) from None
+        for generator, state in zip(self.generators, checked, strict=True):
+            if state is not None:
+                generator.set_state(state)
+        if global_state is not None:
+            torch.default_generator.set_state(global_state)
+        return reply["value"]
