@@ -16,10 +16,12 @@ Entries are written to a temp file created exclusively in the target directory (
 recorded inside it; anything unreadable, malformed or from another key is ignored and recomputed (then
 overwritten). Not fsynced: a power loss may leave an empty entry, which reads as corrupt and is recomputed.
 
-Integrity: the cache directory is the user's own (0700). Someone who can write there can plant an ``allow``
-for bytes they choose — the key binds bytes, policy and version, not who wrote the entry. Issue 14 binds cache
-entries with a per-user HMAC; until then ``--no-cache`` (or a cache directory only the user can write,
-which is the default) is the answer. SECURITY.md says the same.
+Integrity: the cache root is checked as the resolver checks it (the user's own, not writable by others:
+:mod:`safeloader.resolve.private_dir`), and every entry carries an HMAC under the cache's per-user secret
+(:mod:`safeloader.resolve.cache_mac`) bound to its key: the key binds bytes, policy and auditor, the MAC binds
+the entry to this user's cache, so a planted or edited entry (an ``allow`` for bytes someone chose) is
+ignored and the file audited afresh. Not covered, as for the resolver's records: code running as the same
+user, which can read the secret.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ from typing import Any
 from safeloader.audit.analyzer import FileAnalysis, RawHit, RelativeImport
 from safeloader.audit.model import ImportRecord, RestrictedOutcome
 from safeloader.policy.schema import Policy
+from safeloader.resolve.cache_mac import load_or_create_secret, mac_valid, seal
+from safeloader.resolve.private_dir import ensure_private_subdir, secure_root
 
 FORMAT = 1
+#: The MAC's slot name: an audit entry can never stand in for a resolver record, nor the other way round.
+MAC_PURPOSE = "audit-result"
 _MAX_ENTRY_BYTES = 4 * 1024 * 1024
 _TEMP_COUNTER = itertools.count()
 
@@ -78,7 +84,10 @@ class AuditCache:
     """Per-file raw audit results for one policy, under ``root`` (default :func:`cache_root`)."""
 
     def __init__(self, policy: Policy, root: Path | None = None) -> None:
-        self.directory = (root if root is not None else cache_root()) / "audit" / f"v{FORMAT}"
+        # Refuses (CacheError) a cache root another user owns or can write, as the resolver does.
+        secured = secure_root(root if root is not None else cache_root())
+        self.directory = ensure_private_subdir(secured, secured / "audit" / f"v{FORMAT}")
+        self._secret = load_or_create_secret(secured)
         self._context = f"{_auditor_digest()}\0{policy_digest(policy)}\0{policy.audit.restricted_python}"
         self._made: set[Path] = set()
 
@@ -96,7 +105,10 @@ class AuditCache:
                 raw = handle.read(_MAX_ENTRY_BYTES + 1)
             if len(raw) > _MAX_ENTRY_BYTES:
                 return None
-            return decode_result(json.loads(raw), key, relpath)
+            entry = json.loads(raw)
+            if not isinstance(entry, dict) or not mac_valid(self._secret, MAC_PURPOSE, key, entry):
+                return None  # planted, edited or from another cache: audited afresh (and overwritten)
+            return decode_result(entry, key, relpath)
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
@@ -104,7 +116,8 @@ class AuditCache:
         """Best effort: a cache that cannot be written only costs the next audit its speed."""
         key = self.key(relpath, sha256)
         path = self._path(key)
-        data = json.dumps(encode_result(key, analysis, restricted), separators=(",", ":")).encode()
+        entry = seal(self._secret, MAC_PURPOSE, key, encode_result(key, analysis, restricted))
+        data = json.dumps(entry, separators=(",", ":")).encode()
         # A unique temp name in the target directory, created exclusively (never follows a planted link).
         tmp = path.parent / f".{key[:16]}.{os.getpid()}.{next(_TEMP_COUNTER)}.tmp"
         try:
