@@ -81,7 +81,7 @@ def test_missing_hello_hits_the_load_timeout(tmp_path: Path) -> None:
 
 def test_progress_storm_is_drawn_and_the_result_still_arrives(tmp_path: Path) -> None:
     session = start_fake("result_after_callback_storm", tmp_path / "m", tmp_path)
-    assert session.get_attribute(0, "anything") == "ok"
+    assert session.get_attribute(0, "anything") == ("value", "ok")
     session.close()
     assert session.worker.poll() is not None
 

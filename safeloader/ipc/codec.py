@@ -9,6 +9,7 @@ peer names: every extension is rebuilt from an allow list, and every message is 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,7 +20,14 @@ import msgpack
 import numpy as np
 
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
-from safeloader.ipc.shm import SharedMemoryError, map_sealed_memfd, sealed_memfd_from
+from safeloader.ipc.shm import (
+    SharedMemoryError,
+    TransferBuffer,
+    TransferMappings,
+    fresh_pages,
+    map_sealed_memfd,
+    sealed_memfd_from,
+)
 
 
 class Ext(IntEnum):
@@ -37,6 +45,10 @@ class Ext(IntEnum):
 
 class CodecError(Exception):
     """A value could not be encoded, or a received message is malformed or over a limit."""
+
+
+class MessageTooLarge(CodecError):
+    """A message announces more bulk bytes than ``Limits.max_total_bytes`` (checked before anything is mapped)."""
 
 
 NUMPY_DTYPES: frozenset[str] = frozenset(
@@ -173,6 +185,13 @@ def _pil_image_class() -> Any:
 
 HandleEncoder = Callable[[object], msgpack.ExtType]
 ExtDecoder = Callable[[int, Any], object]
+#: Offsets in the transfer buffer are page-aligned, so copies run on aligned memory.
+_REGION_ALIGN = 4096
+_TRANSFER_ROUND = 2 * 1024 * 1024
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
 
 
 class Encoder:
@@ -180,16 +199,26 @@ class Encoder:
 
     ``fallback`` is asked for any value that is not data (the worker makes it an opaque handle; the caller
     refuses it); it returns an ``ExtType`` or raises :class:`CodecError`.
+
+    With ``transfer_max`` > 0 (the worker), bulk buffers of at least ``Limits.shm_threshold`` bytes whose
+    message fits in ``transfer_max`` bytes are written into one reusable, pre-faulted transfer buffer, which
+    the receiver copies out of (see :mod:`safeloader.ipc.shm`); the rest travel in fresh sealed memfds.
     """
 
-    def __init__(self, *, limits: Limits = DEFAULT_LIMITS, fallback: HandleEncoder | None = None) -> None:
+    def __init__(
+        self, *, limits: Limits = DEFAULT_LIMITS, fallback: HandleEncoder | None = None, transfer_max: int = 0
+    ) -> None:
         self.limits = limits
         self.fallback = fallback
+        self.transfer_max = transfer_max
+        self._transfer: TransferBuffer | None = None
 
     def encode(self, message: object) -> tuple[bytes, list[int]]:
         fds: list[int] = []
         self._items = 0
         self._bytes = 0
+        self._transfer_used = 0
+        self._transfer_index: int | None = None
         try:
             packed = msgpack.packb(self._convert(message, 0, fds), use_bin_type=True)
         except BaseException:
@@ -209,13 +238,39 @@ class Encoder:
     def _pack(self, value: object) -> bytes:
         return msgpack.packb(value, use_bin_type=True)
 
-    def _buffer(self, raw: memoryview, fds: list[int]) -> bytes | int:
-        if raw.nbytes >= self.limits.shm_threshold:
+    def _buffer(self, raw: memoryview, fds: list[int], tensor: Any = None) -> bytes | int | list[int]:
+        """Inline bytes, the index of a sealed memfd, or ``[index, offset]`` of a region of the transfer buffer."""
+        if raw.nbytes < self.limits.shm_threshold:
+            return raw.tobytes()
+        region = self._transfer_region(raw, fds, tensor)
+        if region is not None:
+            return region
+        if len(fds) >= self.limits.max_fds:
+            raise CodecError(f"the value needs more than {self.limits.max_fds} shared-memory buffers")
+        fds.append(sealed_memfd_from(raw))
+        return len(fds) - 1
+
+    def _transfer_region(self, raw: memoryview, fds: list[int], tensor: Any) -> list[int] | None:
+        offset = _round_up(self._transfer_used, _REGION_ALIGN)
+        end = offset + raw.nbytes
+        if end > self.transfer_max:
+            return None
+        if self._transfer is None or self._transfer.capacity < end:
+            if offset:  # earlier buffers of this message are already in it: this one goes sealed
+                return None
+            # Grown only between messages, never under a region this message already announced.
+            if self._transfer is not None:
+                self._transfer.close()
+                self._transfer = None
+            self._transfer = TransferBuffer(_round_up(end, _TRANSFER_ROUND))
+        if self._transfer_index is None:
             if len(fds) >= self.limits.max_fds:
-                raise CodecError(f"the value needs more than {self.limits.max_fds} shared-memory buffers")
-            fds.append(sealed_memfd_from(raw))
-            return len(fds) - 1
-        return raw.tobytes()
+                return None
+            fds.append(os.dup(self._transfer.fd))
+            self._transfer_index = len(fds) - 1
+        self._transfer.write(offset, raw, tensor)
+        self._transfer_used = end
+        return [self._transfer_index, offset]
 
     def _convert(self, value: object, depth: int, fds: list[int]) -> object:
         if depth > self.limits.max_depth:
@@ -292,9 +347,10 @@ class Encoder:
             raise CodecError(f"a tensor has more than {self.limits.max_ndim} dimensions")
         device = str(value.device)
         flat = value.detach().resolve_conj().resolve_neg().to("cpu").contiguous().reshape(-1)
-        raw = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+        flat_bytes = flat.view(torch.uint8) if flat.numel() else None
+        raw = memoryview(flat_bytes.numpy()) if flat_bytes is not None else memoryview(b"")
         self._count(nbytes=raw.nbytes)
-        data = self._buffer(raw, fds)
+        data = self._buffer(raw, fds, flat_bytes)
         return msgpack.ExtType(Ext.TENSOR, self._pack([name, list(value.shape), data, device]))
 
     def _image(self, value: Any, fds: list[int]) -> msgpack.ExtType:
@@ -320,17 +376,21 @@ class Decoder:
         on_handle: ExtDecoder | None = None,
         on_callback: ExtDecoder | None = None,
         tensor_device: Callable[[str], str] | None = None,
+        transfer: TransferMappings | None = None,
     ) -> None:
         self.limits = limits
         self.on_handle = on_handle
         self.on_callback = on_callback
         self.tensor_device = tensor_device
+        #: Where regions of the peer's transfer buffer are accepted (the caller); ``None`` refuses them.
+        self.transfer = transfer
 
     def decode(self, body: bytes | bytearray, fds: list[int]) -> Any:
         self._items = 0
         self._bytes = 0
         self._fds = fds
         self._used: set[int] = set()
+        self._transfer_fds: set[int] = set()
         try:
             value = self._convert(self._unpack(body), 0)
             if len(self._used) != len(fds):
@@ -385,7 +445,7 @@ class Decoder:
         if self._items > self.limits.max_items:
             raise CodecError(f"the message has more than {self.limits.max_items} items")
         if self._bytes > self.limits.max_total_bytes:
-            raise CodecError(f"the message holds more than {self.limits.max_total_bytes} bytes")
+            raise MessageTooLarge(f"the message holds more than {self.limits.max_total_bytes} bytes")
 
     def _convert(self, value: Any, depth: int) -> Any:
         if depth > self.limits.max_depth:
@@ -450,22 +510,44 @@ class Decoder:
             raise CodecError("an array shape is malformed")
         return tuple(shape)
 
-    def _bytes_of(self, data: object, nbytes: int) -> tuple[Any, bool]:
-        """The bulk bytes of an array-like: inline bytes or a checked, privately mapped memfd."""
+    def _bytes_of(self, data: object, nbytes: int) -> tuple[Any, str]:
+        """The bulk bytes of an array-like, after the announced size passed the message's byte limit.
+
+        Returns ``(bytes, "inline")``, ``(mapping, "sealed")`` for a checked, privately mapped sealed memfd
+        the result may keep, or ``(memoryview, "shared")`` for a region of the peer's transfer buffer, which
+        the caller must copy exactly once, into memory of its own, before looking at it.
+        """
         self._count(nbytes=nbytes)
         if isinstance(data, bytes):
             if len(data) != nbytes:
                 raise CodecError(f"inline buffer holds {len(data)} bytes, not the announced {nbytes}")
-            return data, False
+            return data, "inline"
         if isinstance(data, int) and not isinstance(data, bool) and 0 <= data < len(self._fds):
             if data in self._used:
                 raise CodecError("one shared-memory buffer was referenced twice")
             self._used.add(data)
             try:
-                return map_sealed_memfd(self._fds[data], nbytes), True
+                return map_sealed_memfd(self._fds[data], nbytes), "sealed"
             except (SharedMemoryError, OSError, ValueError) as exc:
                 raise CodecError(str(exc)) from exc
+        if isinstance(data, list) and len(data) == 2 and all(type(item) is int for item in data):
+            return self._transfer_region(data[0], data[1], nbytes), "shared"
         raise CodecError("an array's data is neither inline bytes nor an attached memfd")
+
+    def _transfer_region(self, index: int, offset: int, nbytes: int) -> memoryview:
+        if self.transfer is None:
+            raise CodecError("transfer-buffer regions are not accepted in this direction")
+        if not 0 <= index < len(self._fds) or (index in self._used and index not in self._transfer_fds):
+            raise CodecError("a transfer-buffer region names a descriptor that is missing or already used")
+        if offset < 0:
+            raise CodecError("a transfer-buffer region has a negative offset")
+        self._used.add(index)
+        self._transfer_fds.add(index)
+        try:
+            mapping = self.transfer.map(self._fds[index], offset + nbytes)
+        except (SharedMemoryError, OSError, ValueError) as exc:
+            raise CodecError(str(exc)) from exc
+        return memoryview(mapping)[offset : offset + nbytes]
 
     def _ndarray(self, payload: list[Any]) -> Any:
         if len(payload) != 4 or not isinstance(payload[0], str) or payload[0] not in NUMPY_DTYPES:
@@ -473,9 +555,14 @@ class Decoder:
         dtype = np.dtype(payload[0])
         shape = self._shape(payload[1])
         count = int(np.prod(shape, dtype=object)) if shape else 1
-        buffer, mapped = self._bytes_of(payload[2], count * dtype.itemsize)
+        buffer, kind = self._bytes_of(payload[2], count * dtype.itemsize)
+        if kind == "shared":
+            with buffer:
+                pages = fresh_pages(buffer.nbytes)
+                np.frombuffer(pages, dtype=np.uint8, count=buffer.nbytes)[:] = np.frombuffer(buffer, dtype=np.uint8)
+            buffer, kind = pages, "sealed"  # our own pages now, kept like a mapping
         array = np.frombuffer(buffer, dtype=dtype, count=count) if count else np.empty(0, dtype=dtype)
-        array = array.reshape(shape) if mapped else array.reshape(shape).copy()
+        array = array.reshape(shape) if kind == "sealed" else array.reshape(shape).copy()
         return array[()] if payload[3] is True and array.ndim == 0 else array
 
     def _tensor(self, payload: list[Any]) -> Any:
@@ -489,11 +576,19 @@ class Decoder:
         for dim in shape:
             count *= dim
         itemsize = torch.empty((), dtype=dtype).element_size()
-        buffer, mapped = self._bytes_of(payload[2], count * itemsize)
+        buffer, kind = self._bytes_of(payload[2], count * itemsize)
         if count == 0:
             tensor = torch.empty(shape, dtype=dtype)
+        elif kind == "shared":
+            with buffer:
+                pages = fresh_pages(buffer.nbytes)
+                received = torch.frombuffer(pages, dtype=torch.uint8, count=buffer.nbytes)
+                # One read of the shared region, with torch's parallel copy; only the copy is used after this.
+                received.copy_(torch.frombuffer(buffer, dtype=torch.uint8))
+                del received
+            tensor = torch.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
         else:
-            tensor = torch.frombuffer(buffer if mapped else bytearray(buffer), dtype=dtype).reshape(shape)
+            tensor = torch.frombuffer(buffer if kind == "sealed" else bytearray(buffer), dtype=dtype).reshape(shape)
         target = self.tensor_device(device) if self.tensor_device is not None else "cpu"
         return tensor if target == "cpu" else tensor.to(target)
 
@@ -512,11 +607,18 @@ class Decoder:
             raise CodecError("an image extension is malformed or its mode is not allowed")
         mode, width, height = payload[0], payload[1], payload[2]
         expected = len(Image.new(mode, (width, 1)).tobytes()) * height
-        buffer, _mapped = self._bytes_of(payload[3], expected)
+        buffer, kind = self._bytes_of(payload[3], expected)
         try:
-            return Image.frombytes(mode, (width, height), bytes(buffer))
+            # frombytes copies the pixels once into the image's own memory, straight from the inline bytes,
+            # the private mapping or the shared region (read once, like a tensor's).
+            return Image.frombytes(mode, (width, height), buffer)
         except ValueError as exc:
             raise CodecError(f"image data does not match its mode and size ({exc})") from exc
+        finally:
+            if kind == "shared":
+                buffer.release()
+            elif isinstance(buffer, mmap.mmap):
+                buffer.close()
 
     def _output(self, payload: list[Any], depth: int) -> Any:
         if len(payload) != 2 or not isinstance(payload[0], str) or not isinstance(payload[1], dict):

@@ -54,6 +54,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "sandbox": {
         "network": _BOOL,
         "memory_limit_mb": _INT,
+        "max_result_mb": _INT,
         "call_timeout_s": _NUM,
         "load_timeout_s": _NUM,
         "gpu": _BOOL,
@@ -113,7 +114,12 @@ def _validate(data: Mapping[str, Any], origin: str) -> None:
             raise PolicyError(
                 f"{origin}: 'sandbox.require' names unknown layer {layer!r}; use any of {', '.join(SANDBOX_LAYERS)}."
             )
-    for key, upper in (("memory_limit_mb", 1 << 30), ("call_timeout_s", 7 * 86400), ("load_timeout_s", 7 * 86400)):
+    for key, upper in (
+        ("memory_limit_mb", 1 << 30),
+        ("max_result_mb", 1 << 30),
+        ("call_timeout_s", 7 * 86400),
+        ("load_timeout_s", 7 * 86400),
+    ):
         if key in sandbox and not (math.isfinite(sandbox[key]) and 0 < sandbox[key] <= upper):
             raise PolicyError(f"{origin}: 'sandbox.{key}' must be a positive number up to {upper}, got {sandbox[key]}.")
     if "threads" in sandbox and not 0 <= sandbox["threads"] <= 256:

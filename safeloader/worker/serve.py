@@ -30,6 +30,9 @@ from safeloader.worker.code_loader import CodeRefused, VerifiedPackage
 from safeloader.worker.dynamic_modules import defined_pipeline_class, route_dynamic_modules
 
 IPC_FD = 3
+#: Replies whose bulk buffers fit in this many bytes go through one reusable, pre-faulted transfer buffer
+#: that the caller copies out of; larger ones in fresh sealed memfds the caller maps (see SECURITY.md).
+TRANSFER_MAX_BYTES = 1024 * 1024 * 1024
 #: from_pretrained arguments that would fetch or run code other than the verified files.
 _REFUSED_KWARGS = frozenset(
     {
@@ -64,7 +67,7 @@ class Worker:
         self.closing = False
         self.channel = Channel(
             sock,
-            Encoder(fallback=self._encode_handle),
+            Encoder(fallback=self._encode_handle, transfer_max=TRANSFER_MAX_BYTES),
             Decoder(on_handle=self._decode_handle, on_callback=self._decode_callback, tensor_device=available_device),
         )
 
