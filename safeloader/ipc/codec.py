@@ -275,7 +275,30 @@ class Encoder:
     def _convert(self, value: object, depth: int, fds: list[int]) -> object:
         if depth > self.limits.max_depth:
             raise CodecError(f"the value is nested deeper than {self.limits.max_depth} levels")
-        self._count(items=1)
+        # Exact plain types first, counted inline: every call and every step callback pays this walk (the
+        # checks are the same as in _count; only the order of the type tests differs).
+        self._items += 1
+        if self._items > self.limits.max_items:
+            raise CodecError(f"the value has more than {self.limits.max_items} items")
+        kind = type(value)
+        if kind is str or kind is bytes:
+            self._bytes += len(value)  # type: ignore[arg-type]
+            if self._bytes > self.limits.max_total_bytes:
+                raise CodecError(f"the value holds more than {self.limits.max_total_bytes} bytes")
+            return value
+        if kind is dict:
+            converted_plain: dict[str, object] = {}
+            for key, item in value.items():  # type: ignore[attr-defined]
+                if not isinstance(key, str):
+                    raise CodecError(f"a mapping key of type {type(key).__name__} cannot cross; use str keys")
+                converted_plain[key] = self._convert(item, depth + 1, fds)
+            return converted_plain
+        if kind is list:
+            return [self._convert(item, depth + 1, fds) for item in value]  # type: ignore[attr-defined]
+        if kind is int:
+            if not _MIN_INT <= value <= _MAX_INT:  # type: ignore[operator]
+                raise CodecError("an integer does not fit in 64 bits")
+            return value
         if value is None or isinstance(value, bool | float):
             return value
         if isinstance(value, int):
@@ -417,16 +440,18 @@ class Decoder:
                 raise _TooManyItems
             return container
 
+        # Every container takes at least one byte, so a body shorter than the limit cannot exceed it:
+        # unpack it without a Python call per container (the common, small message).
+        hooks: dict[str, Any] = {} if len(data) <= container_limit else {"list_hook": counted, "object_hook": counted}
         try:
             return msgpack.unpackb(
                 data,
                 raw=False,
                 strict_map_key=True,
                 use_list=True,
-                list_hook=counted,
-                object_hook=counted,
                 max_array_len=limit + 64,
                 max_map_len=limit + 64,
+                **hooks,
             )
         except _TooManyItems:
             raise CodecError(f"message has more than {limit} items") from None
@@ -450,10 +475,20 @@ class Decoder:
     def _convert(self, value: Any, depth: int) -> Any:
         if depth > self.limits.max_depth:
             raise CodecError(f"the message is nested deeper than {self.limits.max_depth} levels")
-        self._count(items=1)
-        if isinstance(value, list):
+        self._items += 1
+        if self._items > self.limits.max_items:
+            raise CodecError(f"the message has more than {self.limits.max_items} items")
+        kind = type(value)
+        if kind is str or kind is bytes:
+            self._bytes += len(value)
+            if self._bytes > self.limits.max_total_bytes:
+                raise MessageTooLarge(f"the message holds more than {self.limits.max_total_bytes} bytes")
+            return value
+        if kind is int or kind is bool or kind is float or value is None:
+            return value
+        if kind is list:
             return [self._convert(item, depth + 1) for item in value]
-        if isinstance(value, dict):
+        if kind is dict:
             return {key: self._convert(item, depth + 1) for key, item in value.items()}
         if isinstance(value, str | bytes):
             self._count(nbytes=len(value))
