@@ -212,6 +212,8 @@ class Encoder:
         self.fallback = fallback
         self.transfer_max = transfer_max
         self._transfer: TransferBuffer | None = None
+        #: The transfer bytes the largest message so far wanted: the buffer grows to it at the next message.
+        self._transfer_wanted = 0
 
     def encode(self, message: object) -> tuple[bytes, list[int]]:
         fds: list[int] = []
@@ -255,14 +257,17 @@ class Encoder:
         end = offset + raw.nbytes
         if end > self.transfer_max:
             return None
-        if self._transfer is None or self._transfer.capacity < end:
-            if offset:  # earlier buffers of this message are already in it: this one goes sealed
+        self._transfer_wanted = max(self._transfer_wanted, end)
+        # At a message's first buffer the buffer may grow to what the largest message so far wanted.
+        if self._transfer is None or self._transfer.capacity < (end if offset else self._transfer_wanted):
+            if offset:  # earlier buffers of this message are already in it: this one goes sealed this time
+                self._transfer_used = end
                 return None
             # Grown only between messages, never under a region this message already announced.
             if self._transfer is not None:
                 self._transfer.close()
                 self._transfer = None
-            self._transfer = TransferBuffer(_round_up(end, _TRANSFER_ROUND))
+            self._transfer = TransferBuffer(_round_up(self._transfer_wanted, _TRANSFER_ROUND))
         if self._transfer_index is None:
             if len(fds) >= self.limits.max_fds:
                 return None
