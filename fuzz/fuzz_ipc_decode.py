@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import importlib
 import os
 import socket
 import struct
@@ -45,13 +46,18 @@ from run_all import prepare_target  # noqa: E402
 
 from safeloader.errors import SafeLoaderError  # noqa: E402
 from safeloader.ipc import protocol  # noqa: E402
-from safeloader.ipc.codec import CodecError  # noqa: E402
+from safeloader.ipc.codec import OUTPUT_CLASSES, CodecError  # noqa: E402
 from safeloader.ipc.framing import FrameError, PeerClosed  # noqa: E402
 from safeloader.ipc.shm import REQUIRED_SEALS  # noqa: E402
 from safeloader.policy import load_policy  # noqa: E402
 from safeloader.proxy import WorkerSession  # noqa: E402
 from safeloader.sandbox.report import LayerStatus, SandboxReport  # noqa: E402
 from safeloader.worker.serve import Worker  # noqa: E402
+
+# Every allowed output class's module is imported once here, so no input pays for (or waits on the import
+# lock of) a first diffusers import: the per-input time limit is for decoding, not for imports.
+for _module_name in {location[0] for location in OUTPUT_CLASSES.values()}:
+    importlib.import_module(_module_name)
 
 MAX_INPUT = 64 * 1024
 #: Frames the worker-side loop reads from one input (raw mode can hold many).

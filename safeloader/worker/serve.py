@@ -32,7 +32,7 @@ from safeloader.worker.dynamic_modules import defined_pipeline_class, route_dyna
 IPC_FD = 3
 #: Replies whose bulk buffers fit in this many bytes go through one reusable, pre-faulted transfer buffer
 #: that the caller copies out of; larger ones in fresh sealed memfds the caller maps (see SECURITY.md).
-TRANSFER_MAX_BYTES = 1024 * 1024 * 1024
+TRANSFER_MAX_BYTES = 512 * 1024 * 1024
 #: from_pretrained arguments that would fetch or run code other than the verified files.
 _REFUSED_KWARGS = frozenset(
     {
