@@ -69,7 +69,7 @@ def cold_start(script: str, model_dir: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--cold-repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/safeloader-bench-model"))
     args = parser.parse_args()

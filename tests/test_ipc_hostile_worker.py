@@ -130,6 +130,7 @@ _SPARSE_IMAGE_CALLER = """
 import json, resource, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
+import diffusers.pipelines.pipeline_utils  # what the session preloads in a thread: its memory comes first
 from safeloader.errors import ProtocolError
 from tests.test_ipc_hostile_worker import start_fake
 tmp = Path(tempfile.mkdtemp())
@@ -155,8 +156,9 @@ def test_a_sparse_memfd_announced_as_a_4_gib_image_costs_the_caller_nothing(tmp_
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["error"] is not None and "backed by memory" in result["error"] and result["killed"]
-    assert result["after_kib"] < 512 * 1024  # peak RSS of the whole caller, against a 4 GiB announcement
-    assert result["after_kib"] - result["before_kib"] < 64 * 1024
+    # Peak RSS of the whole caller (torch and diffusers imported), against a 4 GiB announcement.
+    assert result["after_kib"] < 1536 * 1024
+    assert result["after_kib"] - result["before_kib"] < 128 * 1024
 
 
 def test_tampering_with_the_transfer_buffer_after_the_copy_changes_nothing(tmp_path: Path) -> None:

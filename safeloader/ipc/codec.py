@@ -21,6 +21,7 @@ import numpy as np
 
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
 from safeloader.ipc.shm import (
+    PARALLEL_COPY_BYTES,
     SharedMemoryError,
     TransferBuffer,
     TransferMappings,
@@ -599,7 +600,8 @@ class Decoder:
         if kind == "shared":
             with buffer:
                 pages = fresh_pages(buffer.nbytes)
-                np.frombuffer(pages, dtype=np.uint8, count=buffer.nbytes)[:] = np.frombuffer(buffer, dtype=np.uint8)
+                with memoryview(pages) as target:
+                    target[: buffer.nbytes] = buffer  # one read of the shared region, into our own pages
             buffer, kind = pages, "sealed"  # our own pages now, kept like a mapping
         array = np.frombuffer(buffer, dtype=dtype, count=count) if count else np.empty(0, dtype=dtype)
         array = array.reshape(shape) if kind == "sealed" else array.reshape(shape).copy()
@@ -622,10 +624,14 @@ class Decoder:
         elif kind == "shared":
             with buffer:
                 pages = fresh_pages(buffer.nbytes)
-                received = torch.frombuffer(pages, dtype=torch.uint8, count=buffer.nbytes)
-                # One read of the shared region, with torch's parallel copy; only the copy is used after this.
-                received.copy_(torch.frombuffer(buffer, dtype=torch.uint8))
-                del received
+                # One read of the shared region; only the copy is used after this.
+                if buffer.nbytes >= PARALLEL_COPY_BYTES:
+                    received = torch.frombuffer(pages, dtype=torch.uint8, count=buffer.nbytes)
+                    received.copy_(torch.frombuffer(buffer, dtype=torch.uint8))
+                    del received
+                else:
+                    with memoryview(pages) as own:
+                        own[: buffer.nbytes] = buffer
             tensor = torch.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
         else:
             tensor = torch.frombuffer(buffer if kind == "sealed" else bytearray(buffer), dtype=dtype).reshape(shape)

@@ -24,6 +24,9 @@ REQUIRED_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | 
 #: Seals a transfer buffer must carry: its size is fixed, so reading it never faults past its end (SIGBUS).
 TRANSFER_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 _HUGE_PAGE = 2 * 1024 * 1024
+#: Copies at least this large use torch's parallel copy; smaller ones a plain memmove, because entering an
+#: OpenMP parallel region costs more than it saves there (and far more on a machine with busy cores).
+PARALLEL_COPY_BYTES = 64 * 1024 * 1024
 
 
 class SharedMemoryError(Exception):
@@ -113,7 +116,7 @@ class TransferBuffer:
     def write(self, offset: int, source: memoryview, tensor: Any = None) -> None:
         """Copy ``source`` (or the flat uint8 ``tensor`` it views, with torch's parallel copy) to ``offset``."""
         size = source.nbytes
-        if tensor is not None:
+        if tensor is not None and size >= PARALLEL_COPY_BYTES:
             import torch
 
             target = torch.frombuffer(self.mapping, dtype=torch.uint8, count=size, offset=offset)
