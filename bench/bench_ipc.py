@@ -20,9 +20,9 @@ import torch
 from safeloader._demo.tiny_model import build_tiny_model
 from safeloader.ipc.codec import Decoder, Encoder
 from safeloader.ipc.shm import TransferMappings
-from safeloader.worker.serve import TRANSFER_MAX_BYTES
 from safeloader.policy.schema import Policy
 from safeloader.proxy import load_remote_pipeline
+from safeloader.worker.serve import TRANSFER_MAX_BYTES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import median_time
