@@ -80,8 +80,10 @@ def main() -> int:
         ):
             decoder.decode(*encoder.encode(tensor))  # sizes the transfer buffer
 
-            def path_round_trip(encoder: Encoder = encoder, decoder: Decoder = decoder) -> object:
-                return decoder.decode(*encoder.encode(tensor)).sum()  # type: ignore[union-attr]
+            def path_round_trip(
+                encoder: Encoder = encoder, decoder: Decoder = decoder, tensor: torch.Tensor = tensor
+            ) -> object:
+                return decoder.decode(*encoder.encode(tensor)).sum()
 
             paths[name][mib] = median_time(args.repeats, path_round_trip)
 
