@@ -620,6 +620,8 @@ class Decoder:
         itemsize = torch.empty((), dtype=dtype).element_size()
         buffer, kind = self._bytes_of(payload[2], count * itemsize)
         if count == 0:
+            if kind == "shared":
+                buffer.release()
             tensor = torch.empty(shape, dtype=dtype)
         elif kind == "shared":
             with buffer:
