@@ -375,7 +375,12 @@ class Encoder:
         if value.dim() > self.limits.max_ndim:
             raise CodecError(f"a tensor has more than {self.limits.max_ndim} dimensions")
         device = str(value.device)
-        flat = value.detach().resolve_conj().resolve_neg().to("cpu").contiguous().reshape(-1)
+        flat = value.detach()
+        if flat.is_conj() or flat.is_neg():  # lazy views: materialise their values (skipped: a call each)
+            flat = flat.resolve_conj().resolve_neg()
+        if flat.device.type != "cpu":
+            flat = flat.to("cpu")
+        flat = flat.contiguous().reshape(-1)
         flat_bytes = flat.view(torch.uint8) if flat.numel() else None
         raw = memoryview(flat_bytes.numpy()) if flat_bytes is not None else memoryview(b"")
         self._count(nbytes=raw.nbytes)
@@ -617,7 +622,7 @@ class Decoder:
         count = 1
         for dim in shape:
             count *= dim
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         buffer, kind = self._bytes_of(payload[2], count * itemsize)
         if count == 0:
             if kind == "shared":
