@@ -69,7 +69,7 @@ def cold_start(script: str, model_dir: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--cold-repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/safeloader-bench-model"))
     args = parser.parse_args()
@@ -123,7 +123,7 @@ def main() -> int:
 
     rows = [
         ("call, tiny DDPM 10 steps PIL: in-process", local_call_s, ""),
-        ("call, tiny DDPM 10 steps PIL: proxy", remote_call_s, f"{remote_call_s / local_call_s:.3f}x (goal <=1.05x)"),
+        ("call, tiny DDPM 10 steps PIL: proxy", remote_call_s, f"{remote_call_s / local_call_s:.3f}x (goal <=1.02x)"),
         ("cold start (fresh process): in-process", cold_local_s, ""),
         ("cold start (fresh process): drop-in", cold_proxy_s, f"{cold_proxy_s / cold_local_s:.3f}x (goal <=1.15x)"),
         ("cold start: drop-in before import torch", cold_early_s, f"{cold_early_s / cold_local_s:.3f}x"),

@@ -21,17 +21,20 @@ from PIL import Image
 
 from safeloader.ipc.codec import IMAGE_MODES, NUMPY_DTYPES, TORCH_DTYPES, CodecError, Decoder, Encoder
 from safeloader.ipc.limits import Limits
+from safeloader.ipc.shm import TransferMappings
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-#: Small thresholds send even tiny buffers through sealed memfds, so both paths are generated.
+#: Small thresholds send even tiny buffers out of the frame, so every path is generated: 1 through sealed
+#: memfds, 64 through the reusable transfer buffer the receiver copies out of, 1 MiB inline.
 THRESHOLDS = st.sampled_from([1, 64, 1024 * 1024])
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
 
 
 def round_trip(value: object, shm_threshold: int = 1024 * 1024) -> Any:
     limits = Limits(shm_threshold=shm_threshold)
-    body, fds = Encoder(limits=limits).encode(value)
-    return Decoder(limits=limits).decode(body, fds)
+    transfer_max = 64 << 20 if shm_threshold == 64 else 0
+    body, fds = Encoder(limits=limits, transfer_max=transfer_max).encode(value)
+    return Decoder(limits=limits, transfer=TransferMappings()).decode(body, fds)
 
 
 def same(sent: Any, received: Any) -> bool:

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from safeloader.ipc.codec import TORCH_DTYPES, CodecError, Decoder, Encoder, Ext, GenericOutput
+from safeloader.ipc.codec import TORCH_DTYPES, CodecError, Decoder, Encoder, Ext, GenericOutput, MessageTooLarge
 from safeloader.ipc.limits import Limits
+from safeloader.ipc.shm import TRANSFER_SEALS, TransferMappings
 
 
 def round_trip(value: object, limits: Limits | None = None) -> object:
@@ -259,3 +260,107 @@ def test_outputs_never_answer_protocol_attributes_for_the_worker() -> None:
     assert isinstance(value, GenericOutput)
     assert not hasattr(value, "__array_interface__") and not hasattr(value, "_repr_html_")
     assert np.asarray(value).dtype == object  # numpy sees a plain object, never worker-chosen memory
+
+
+FULL_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def _sparse_memfd(size: int, seals: int) -> int:
+    fd = os.memfd_create("sparse", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)  # no page is allocated: costs the sender nothing
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def _vm_hwm_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def test_sparse_memfds_and_mismatched_sizes_are_refused_before_anything_is_mapped() -> None:
+    image = msgpack.packb(msgpack.ExtType(Ext.IMAGE, msgpack.packb(["RGBA", 32768, 32768, 0])))  # 4 GiB
+    with pytest.raises(CodecError, match="backed by memory"):
+        Decoder().decode(image, [_sparse_memfd(4 << 30, FULL_SEALS)])
+    tensor = msgpack.packb(msgpack.ExtType(Ext.TENSOR, msgpack.packb(["float32", [1 << 20], 0, "cpu"])))
+    with pytest.raises(CodecError, match="not the announced"):  # shape x dtype larger than fstat
+        Decoder().decode(tensor, [_memfd(b"\x00" * 4096, FULL_SEALS)])
+    inline = msgpack.packb(msgpack.ExtType(Ext.NDARRAY, msgpack.packb(["float64", [1000], b"\x00" * 10, False])))
+    with pytest.raises(CodecError, match="inline buffer holds 10 bytes"):
+        Decoder().decode(inline, [])
+    wrong_size = msgpack.packb(msgpack.ExtType(Ext.IMAGE, msgpack.packb(["RGB", 100, 100, b"\x00" * 100])))
+    with pytest.raises(CodecError, match="announced 30000"):
+        Decoder().decode(wrong_size, [])
+
+
+def test_the_ceiling_of_one_message_is_checked_before_mapping_or_copying() -> None:
+    limits = Limits(max_total_bytes=1 << 20)
+    tensor = msgpack.packb(msgpack.ExtType(Ext.TENSOR, msgpack.packb(["uint8", [2 << 20], 0, "cpu"])))
+    with pytest.raises(MessageTooLarge):
+        Decoder(limits=limits).decode(tensor, [_memfd(b"\x01" * (2 << 20), FULL_SEALS)])
+    # Two buffers under the ceiling each, over it together.
+    pair = msgpack.packb(
+        [msgpack.ExtType(Ext.NDARRAY, msgpack.packb(["uint8", [600_000], b"\x00" * 600_000, False]))] * 2
+    )
+    with pytest.raises(MessageTooLarge):
+        Decoder(limits=limits).decode(pair, [])
+
+
+def test_transfer_buffer_round_trips_and_the_receiver_keeps_its_own_copy() -> None:
+    encoder, decoder = Encoder(transfer_max=64 << 20), Decoder(transfer=TransferMappings())
+    tensor = torch.randn(1024, 1024)
+    array = np.arange(300_000, dtype=np.float64)
+    image = Image.frombytes("RGB", (1024, 512), bytes(range(256)) * (1024 * 512 * 3 // 256))
+    message = {"t": tensor, "a": array, "i": image, "small": torch.ones(3)}
+    decoder.decode(*encoder.encode(message))  # the first message sizes the buffer (partly sealed memfds)
+    body, fds = encoder.encode(message)
+    assert len(fds) == 1  # from then on, one transfer buffer for every large buffer of a message
+    assert fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & TRANSFER_SEALS == TRANSFER_SEALS
+    assert not fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE  # reusable: the worker writes again
+    result = decoder.decode(body, fds)
+    assert torch.equal(result["t"], tensor) and np.array_equal(result["a"], array)
+    assert result["i"].tobytes() == image.tobytes() and torch.equal(result["small"], torch.ones(3))
+    # The sender overwrites its buffer (the next reply, or a hostile worker at any time): nothing the
+    # receiver holds changes, because it copied each region once into memory of its own.
+    assert encoder._transfer is not None
+    encoder._transfer.mapping[:] = b"\xff" * encoder._transfer.capacity
+    assert torch.equal(result["t"], tensor) and np.array_equal(result["a"], array)
+    assert result["i"].tobytes() == image.tobytes()
+    result["t"][0, 0] = 5.0  # and it is writable, like any tensor
+    second = decoder.decode(*encoder.encode(tensor * 2))
+    assert torch.equal(second, tensor * 2) and result["t"][0, 0] == 5.0
+    # A message larger than the transfer limit goes through sealed memfds instead.
+    body, fds = Encoder(transfer_max=1 << 20).encode(torch.zeros(1 << 19))
+    assert fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+    Decoder().decode(body, fds)
+
+
+def test_transfer_regions_are_checked_like_sealed_buffers() -> None:
+    region = msgpack.packb(msgpack.ExtType(Ext.TENSOR, msgpack.packb(["uint8", [1 << 20], [0, 0], "cpu"])))
+    with pytest.raises(CodecError, match="not accepted"):  # the worker never accepts them from the caller
+        Decoder().decode(region, [_memfd(b"\x00" * (1 << 20), TRANSFER_SEALS)])
+    with pytest.raises(CodecError, match="change size"):
+        Decoder(transfer=TransferMappings()).decode(region, [_memfd(b"\x00" * (1 << 20), fcntl.F_SEAL_SHRINK)])
+    with pytest.raises(CodecError, match="fewer than"):
+        Decoder(transfer=TransferMappings()).decode(region, [_memfd(b"\x00" * 4096, TRANSFER_SEALS)])
+    with pytest.raises(CodecError, match="backed by memory"):
+        Decoder(transfer=TransferMappings()).decode(region, [_sparse_memfd(1 << 30, TRANSFER_SEALS)])
+    beyond = msgpack.packb(msgpack.ExtType(Ext.TENSOR, msgpack.packb(["uint8", [16], [0, -1], "cpu"])))
+    with pytest.raises(CodecError, match="negative"):
+        Decoder(transfer=TransferMappings()).decode(beyond, [_memfd(b"\x00" * 4096, TRANSFER_SEALS)])
+    sealed_then_region = msgpack.packb(
+        [
+            msgpack.ExtType(Ext.TENSOR, msgpack.packb(["uint8", [16], 0, "cpu"])),
+            msgpack.ExtType(Ext.TENSOR, msgpack.packb(["uint8", [16], [0, 0], "cpu"])),
+        ]
+    )
+    with pytest.raises(CodecError, match="already used"):
+        Decoder(transfer=TransferMappings()).decode(sealed_then_region, [_memfd(b"\x00" * 16, FULL_SEALS)])
+
+
+def test_a_sparse_4_gib_image_costs_the_receiver_no_memory() -> None:
+    image = msgpack.packb(msgpack.ExtType(Ext.IMAGE, msgpack.packb(["RGBA", 32768, 32768, 0])))
+    before = _vm_hwm_kib()
+    for _ in range(3):
+        with pytest.raises(CodecError):
+            Decoder().decode(image, [_sparse_memfd(4 << 30, FULL_SEALS)])
+    assert _vm_hwm_kib() - before < 64 * 1024

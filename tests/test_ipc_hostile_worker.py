@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,14 +21,26 @@ FAKE_WORKER = str(Path(__file__).parent / "hostile" / "fake_worker.py")
 
 
 def start_fake(
-    mode: str, marker: Path, tmp_path: Path, load_timeout_s: float = 30.0, call_timeout_s: float = 20.0
+    mode: str,
+    marker: Path,
+    tmp_path: Path,
+    load_timeout_s: float = 30.0,
+    call_timeout_s: float = 20.0,
+    max_result_mb: int = 4096,
 ) -> WorkerSession:
     policy = dataclasses.replace(
-        Policy(), sandbox=SandboxPolicy(load_timeout_s=load_timeout_s, call_timeout_s=call_timeout_s)
+        Policy(),
+        sandbox=SandboxPolicy(
+            load_timeout_s=load_timeout_s, call_timeout_s=call_timeout_s, max_result_mb=max_result_mb
+        ),
     )
 
     def spawner(sandbox: SandboxPolicy, *, model_dir: Path) -> PlainWorker:
-        return spawn_plain_worker(sandbox, model_dir=model_dir, argv=(FAKE_WORKER, mode, str(marker)))
+        # The fake worker speaks with this checkout's codec, whatever the venv has installed.
+        checkout = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        return spawn_plain_worker(
+            sandbox, model_dir=model_dir, argv=(FAKE_WORKER, mode, str(marker)), env_extra=checkout
+        )
 
     return WorkerSession.start(policy, model_dir=tmp_path, spawner=spawner)
 
@@ -52,6 +67,10 @@ def assert_killed(session: WorkerSession) -> None:
         "stray_fd",
         "private_output_field",
         "unhashable_callback",
+        "tensor_larger_than_memfd",
+        "image_size_mismatch",
+        "inline_array_short",
+        "transfer_can_resize",
     ],
 )
 def test_hostile_frames_raise_protocol_error_and_kill_the_worker(mode: str, tmp_path: Path) -> None:
@@ -128,3 +147,55 @@ def test_a_build_answered_with_data_is_a_protocol_error(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="was killed"):
         session.build_pipeline_in_worker("StableDiffusionPipeline", {})
     assert_killed(session)
+
+
+def test_a_reply_over_max_result_mb_is_refused_before_it_is_mapped(tmp_path: Path) -> None:
+    session = start_fake("over_max_result", tmp_path / "m", tmp_path, max_result_mb=1)
+    with pytest.raises(ProtocolError, match="max_result_mb = 1 MiB"):
+        session.get_attribute(0, "anything")
+    assert_killed(session)
+
+
+_SPARSE_IMAGE_CALLER = """
+import json, resource, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import diffusers.pipelines.pipeline_utils  # what the session preloads in a thread: its memory comes first
+from safeloader.errors import ProtocolError
+from tests.test_ipc_hostile_worker import start_fake
+tmp = Path(tempfile.mkdtemp())
+# A ceiling above the announcement: the page check alone must stop it (at the default 4096 MiB the
+# ceiling stops it first).
+session = start_fake("sparse_image", tmp / "m", tmp, max_result_mb=8192)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    session.get_attribute(0, "anything")
+    error = None
+except ProtocolError as exc:
+    error = str(exc)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"before_kib": before, "after_kib": after, "error": error, "killed": session.closed}))
+"""
+
+
+def test_a_sparse_memfd_announced_as_a_4_gib_image_costs_the_caller_nothing(tmp_path: Path) -> None:
+    # A fresh caller process, so that its peak RSS is its own: today's decoder paid 12.6 GiB for this reply.
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SPARSE_IMAGE_CALLER, root], capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["error"] is not None and "backed by memory" in result["error"] and result["killed"]
+    # Peak RSS of the whole caller (torch and diffusers imported), against a 4 GiB announcement.
+    assert result["after_kib"] < 1536 * 1024
+    assert result["after_kib"] - result["before_kib"] < 128 * 1024
+
+
+def test_tampering_with_the_transfer_buffer_after_the_copy_changes_nothing(tmp_path: Path) -> None:
+    session = start_fake("transfer_then_tamper", tmp_path / "m", tmp_path)
+    kind, tensor = session.get_attribute(0, "anything")
+    assert kind == "value" and tensor.shape == (1 << 20,) and bool((tensor == 1).all())
+    assert session.get_attribute(0, "anything") == ("value", "tampered")  # the worker has rewritten its buffer
+    assert bool((tensor == 1).all())  # the caller's copy is its own
+    tensor[0] = 2.0  # and writable
+    session.close()

@@ -20,7 +20,8 @@ class Channel:
         self.decoder = decoder
         self.limits = limits
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], deadline: float | None = None) -> None:
+        """Send one message; with ``deadline`` (``time.monotonic()``) a peer that stops reading raises FrameTimeout."""
         body, fds = self.encoder.encode(message)
         if len(body) > self.limits.max_frame_bytes:
             for fd in fds:
@@ -28,7 +29,7 @@ class Channel:
             limit = self.limits.max_frame_bytes
             raise CodecError(f"the message is {len(body)} bytes, over the {limit}-byte frame limit")
         try:
-            send_frame(self.sock, body, fds, limits=self.limits)
+            send_frame(self.sock, body, fds, limits=self.limits, deadline=deadline)
         finally:
             for fd in fds:
                 os.close(fd)

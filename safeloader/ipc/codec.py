@@ -10,6 +10,7 @@ peer names: every extension is rebuilt from an allow list, and every message is 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -22,7 +23,15 @@ import numpy as np
 from safeloader.ipc import library_objects
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
 from safeloader.ipc.rng import generator_state, is_library_output, output_fields, restore_generator
-from safeloader.ipc.shm import SharedMemoryError, map_sealed_memfd, sealed_memfd_from
+from safeloader.ipc.shm import (
+    PARALLEL_COPY_BYTES,
+    SharedMemoryError,
+    TransferBuffer,
+    TransferMappings,
+    fresh_pages,
+    map_sealed_memfd,
+    sealed_memfd_from,
+)
 
 
 class Ext(IntEnum):
@@ -52,6 +61,10 @@ class ExtReplacement:
 
 class CodecError(Exception):
     """A value could not be encoded, or a received message is malformed or over a limit."""
+
+
+class MessageTooLarge(CodecError):
+    """A message announces more bulk bytes than ``Limits.max_total_bytes`` (checked before anything is mapped)."""
 
 
 NUMPY_DTYPES: frozenset[str] = frozenset(
@@ -200,6 +213,13 @@ def _pil_image_class() -> Any:
 
 HandleEncoder = Callable[[object], "msgpack.ExtType | ExtReplacement"]
 ExtDecoder = Callable[[int, Any], object]
+#: Offsets in the transfer buffer are page-aligned, so copies run on aligned memory.
+_REGION_ALIGN = 4096
+_TRANSFER_ROUND = 2 * 1024 * 1024
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
 
 
 class Encoder:
@@ -207,17 +227,29 @@ class Encoder:
 
     ``fallback`` is asked for any value that is not data (the worker makes it an opaque handle; the caller
     refuses it); it returns an ``ExtType`` or raises :class:`CodecError`.
+
+    With ``transfer_max`` > 0 (the worker), bulk buffers of at least ``Limits.shm_threshold`` bytes whose
+    message fits in ``transfer_max`` bytes are written into one reusable, pre-faulted transfer buffer, which
+    the receiver copies out of (see :mod:`safeloader.ipc.shm`); the rest travel in fresh sealed memfds.
     """
 
-    def __init__(self, *, limits: Limits = DEFAULT_LIMITS, fallback: HandleEncoder | None = None) -> None:
+    def __init__(
+        self, *, limits: Limits = DEFAULT_LIMITS, fallback: HandleEncoder | None = None, transfer_max: int = 0
+    ) -> None:
         self.limits = limits
         self.fallback = fallback
+        self.transfer_max = transfer_max
+        self._transfer: TransferBuffer | None = None
+        #: The transfer bytes the largest message so far wanted: the buffer grows to it at the next message.
+        self._transfer_wanted = 0
 
     def encode(self, message: object) -> tuple[bytes, list[int]]:
         fds: list[int] = []
         self._items = 0
         self._bytes = 0
         self._generator_slots: dict[int, int] = {}
+        self._transfer_used = 0
+        self._transfer_index: int | None = None
         try:
             packed = msgpack.packb(self._convert(message, 0, fds), use_bin_type=True)
         except BaseException:
@@ -237,18 +269,70 @@ class Encoder:
     def _pack(self, value: object) -> bytes:
         return msgpack.packb(value, use_bin_type=True)
 
-    def _buffer(self, raw: memoryview, fds: list[int]) -> bytes | int:
-        if raw.nbytes >= self.limits.shm_threshold:
+    def _buffer(self, raw: memoryview, fds: list[int], tensor: Any = None) -> bytes | int | list[int]:
+        """Inline bytes, the index of a sealed memfd, or ``[index, offset]`` of a region of the transfer buffer."""
+        if raw.nbytes < self.limits.shm_threshold:
+            return raw.tobytes()
+        region = self._transfer_region(raw, fds, tensor)
+        if region is not None:
+            return region
+        if len(fds) >= self.limits.max_fds:
+            raise CodecError(f"the value needs more than {self.limits.max_fds} shared-memory buffers")
+        fds.append(sealed_memfd_from(raw))
+        return len(fds) - 1
+
+    def _transfer_region(self, raw: memoryview, fds: list[int], tensor: Any) -> list[int] | None:
+        offset = _round_up(self._transfer_used, _REGION_ALIGN)
+        end = offset + raw.nbytes
+        if end > self.transfer_max:
+            return None
+        self._transfer_wanted = max(self._transfer_wanted, end)
+        # At a message's first buffer the buffer may grow to what the largest message so far wanted.
+        if self._transfer is None or self._transfer.capacity < (end if offset else self._transfer_wanted):
+            if offset:  # earlier buffers of this message are already in it: this one goes sealed this time
+                self._transfer_used = end
+                return None
+            # Grown only between messages, never under a region this message already announced.
+            if self._transfer is not None:
+                self._transfer.close()
+                self._transfer = None
+            self._transfer = TransferBuffer(_round_up(self._transfer_wanted, _TRANSFER_ROUND))
+        if self._transfer_index is None:
             if len(fds) >= self.limits.max_fds:
-                raise CodecError(f"the value needs more than {self.limits.max_fds} shared-memory buffers")
-            fds.append(sealed_memfd_from(raw))
-            return len(fds) - 1
-        return raw.tobytes()
+                return None
+            fds.append(os.dup(self._transfer.fd))
+            self._transfer_index = len(fds) - 1
+        self._transfer.write(offset, raw, tensor)
+        self._transfer_used = end
+        return [self._transfer_index, offset]
 
     def _convert(self, value: object, depth: int, fds: list[int]) -> object:
         if depth > self.limits.max_depth:
             raise CodecError(f"the value is nested deeper than {self.limits.max_depth} levels")
-        self._count(items=1)
+        # Exact plain types first, counted inline: every call and every step callback pays this walk (the
+        # checks are the same as in _count; only the order of the type tests differs).
+        self._items += 1
+        if self._items > self.limits.max_items:
+            raise CodecError(f"the value has more than {self.limits.max_items} items")
+        kind = type(value)
+        if kind is str or kind is bytes:
+            self._bytes += len(value)  # type: ignore[arg-type]
+            if self._bytes > self.limits.max_total_bytes:
+                raise CodecError(f"the value holds more than {self.limits.max_total_bytes} bytes")
+            return value
+        if kind is dict:
+            converted_plain: dict[str, object] = {}
+            for key, item in value.items():  # type: ignore[attr-defined]
+                if not isinstance(key, str):
+                    raise CodecError(f"a mapping key of type {type(key).__name__} cannot cross; use str keys")
+                converted_plain[key] = self._convert(item, depth + 1, fds)
+            return converted_plain
+        if kind is list:
+            return [self._convert(item, depth + 1, fds) for item in value]  # type: ignore[attr-defined]
+        if kind is int:
+            if not _MIN_INT <= value <= _MAX_INT:  # type: ignore[operator]
+                raise CodecError("an integer does not fit in 64 bits")
+            return value
         if value is None or isinstance(value, bool | float):
             return value
         if isinstance(value, int):
@@ -329,10 +413,16 @@ class Encoder:
         if value.dim() > self.limits.max_ndim:
             raise CodecError(f"a tensor has more than {self.limits.max_ndim} dimensions")
         device = str(value.device)
-        flat = value.detach().resolve_conj().resolve_neg().to("cpu").contiguous().reshape(-1)
-        raw = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+        flat = value.detach()
+        if flat.is_conj() or flat.is_neg():  # lazy views: materialise their values (skipped: a call each)
+            flat = flat.resolve_conj().resolve_neg()
+        if flat.device.type != "cpu":
+            flat = flat.to("cpu")
+        flat = flat.contiguous().reshape(-1)
+        flat_bytes = flat.view(torch.uint8) if flat.numel() else None
+        raw = memoryview(flat_bytes.numpy()) if flat_bytes is not None else memoryview(b"")
         self._count(nbytes=raw.nbytes)
-        data = self._buffer(raw, fds)
+        data = self._buffer(raw, fds, flat_bytes)
         return msgpack.ExtType(Ext.TENSOR, self._pack([name, list(value.shape), data, device]))
 
     def _image(self, value: Any, fds: list[int]) -> msgpack.ExtType:
@@ -359,6 +449,7 @@ class Decoder:
         on_callback: ExtDecoder | None = None,
         on_library: ExtDecoder | None = None,
         tensor_device: Callable[[str], str] | None = None,
+        transfer: TransferMappings | None = None,
     ) -> None:
         self.limits = limits
         self.on_handle = on_handle
@@ -369,6 +460,8 @@ class Decoder:
         #: device each came from (a state is only meaningful on the same kind of device).
         self.generators: list[Any] = []
         self.generator_sources: list[str] = []
+        #: Where regions of the peer's transfer buffer are accepted (the caller); ``None`` refuses them.
+        self.transfer = transfer
 
     def decode(self, body: bytes | bytearray, fds: list[int]) -> Any:
         self._items = 0
@@ -377,6 +470,7 @@ class Decoder:
         self._used: set[int] = set()
         self.generators = []
         self.generator_sources = []
+        self._transfer_fds: set[int] = set()
         try:
             value = self._convert(self._unpack(body), 0)
             if len(self._used) != len(fds):
@@ -403,16 +497,18 @@ class Decoder:
                 raise _TooManyItems
             return container
 
+        # Every container takes at least one byte, so a body shorter than the limit cannot exceed it:
+        # unpack it without a Python call per container (the common, small message).
+        hooks: dict[str, Any] = {} if len(data) <= container_limit else {"list_hook": counted, "object_hook": counted}
         try:
             return msgpack.unpackb(
                 data,
                 raw=False,
                 strict_map_key=True,
                 use_list=True,
-                list_hook=counted,
-                object_hook=counted,
                 max_array_len=limit + 64,
                 max_map_len=limit + 64,
+                **hooks,
             )
         except _TooManyItems:
             raise CodecError(f"message has more than {limit} items") from None
@@ -431,15 +527,25 @@ class Decoder:
         if self._items > self.limits.max_items:
             raise CodecError(f"the message has more than {self.limits.max_items} items")
         if self._bytes > self.limits.max_total_bytes:
-            raise CodecError(f"the message holds more than {self.limits.max_total_bytes} bytes")
+            raise MessageTooLarge(f"the message holds more than {self.limits.max_total_bytes} bytes")
 
     def _convert(self, value: Any, depth: int) -> Any:
         if depth > self.limits.max_depth:
             raise CodecError(f"the message is nested deeper than {self.limits.max_depth} levels")
-        self._count(items=1)
-        if isinstance(value, list):
+        self._items += 1
+        if self._items > self.limits.max_items:
+            raise CodecError(f"the message has more than {self.limits.max_items} items")
+        kind = type(value)
+        if kind is str or kind is bytes:
+            self._bytes += len(value)
+            if self._bytes > self.limits.max_total_bytes:
+                raise MessageTooLarge(f"the message holds more than {self.limits.max_total_bytes} bytes")
+            return value
+        if kind is int or kind is bool or kind is float or value is None:
+            return value
+        if kind is list:
             return [self._convert(item, depth + 1) for item in value]
-        if isinstance(value, dict):
+        if kind is dict:
             return {key: self._convert(item, depth + 1) for key, item in value.items()}
         if isinstance(value, str | bytes):
             self._count(nbytes=len(value))
@@ -500,22 +606,44 @@ class Decoder:
             raise CodecError("an array shape is malformed")
         return tuple(shape)
 
-    def _bytes_of(self, data: object, nbytes: int) -> tuple[Any, bool]:
-        """The bulk bytes of an array-like: inline bytes or a checked, privately mapped memfd."""
+    def _bytes_of(self, data: object, nbytes: int) -> tuple[Any, str]:
+        """The bulk bytes of an array-like, after the announced size passed the message's byte limit.
+
+        Returns ``(bytes, "inline")``, ``(mapping, "sealed")`` for a checked, privately mapped sealed memfd
+        the result may keep, or ``(memoryview, "shared")`` for a region of the peer's transfer buffer, which
+        the caller must copy exactly once, into memory of its own, before looking at it.
+        """
         self._count(nbytes=nbytes)
         if isinstance(data, bytes):
             if len(data) != nbytes:
                 raise CodecError(f"inline buffer holds {len(data)} bytes, not the announced {nbytes}")
-            return data, False
+            return data, "inline"
         if isinstance(data, int) and not isinstance(data, bool) and 0 <= data < len(self._fds):
             if data in self._used:
                 raise CodecError("one shared-memory buffer was referenced twice")
             self._used.add(data)
             try:
-                return map_sealed_memfd(self._fds[data], nbytes), True
+                return map_sealed_memfd(self._fds[data], nbytes), "sealed"
             except (SharedMemoryError, OSError, ValueError) as exc:
                 raise CodecError(str(exc)) from exc
+        if isinstance(data, list) and len(data) == 2 and all(type(item) is int for item in data):
+            return self._transfer_region(data[0], data[1], nbytes), "shared"
         raise CodecError("an array's data is neither inline bytes nor an attached memfd")
+
+    def _transfer_region(self, index: int, offset: int, nbytes: int) -> memoryview:
+        if self.transfer is None:
+            raise CodecError("transfer-buffer regions are not accepted in this direction")
+        if not 0 <= index < len(self._fds) or (index in self._used and index not in self._transfer_fds):
+            raise CodecError("a transfer-buffer region names a descriptor that is missing or already used")
+        if offset < 0:
+            raise CodecError("a transfer-buffer region has a negative offset")
+        self._used.add(index)
+        self._transfer_fds.add(index)
+        try:
+            mapping = self.transfer.map(self._fds[index], offset + nbytes)
+        except (SharedMemoryError, OSError, ValueError) as exc:
+            raise CodecError(str(exc)) from exc
+        return memoryview(mapping)[offset : offset + nbytes]
 
     def _ndarray(self, payload: list[Any]) -> Any:
         if len(payload) != 4 or not isinstance(payload[0], str) or payload[0] not in NUMPY_DTYPES:
@@ -523,9 +651,15 @@ class Decoder:
         dtype = np.dtype(payload[0])
         shape = self._shape(payload[1])
         count = int(np.prod(shape, dtype=object)) if shape else 1
-        buffer, mapped = self._bytes_of(payload[2], count * dtype.itemsize)
+        buffer, kind = self._bytes_of(payload[2], count * dtype.itemsize)
+        if kind == "shared":
+            with buffer:
+                pages = fresh_pages(buffer.nbytes)
+                with memoryview(pages) as target:
+                    target[: buffer.nbytes] = buffer  # one read of the shared region, into our own pages
+            buffer, kind = pages, "sealed"  # our own pages now, kept like a mapping
         array = np.frombuffer(buffer, dtype=dtype, count=count) if count else np.empty(0, dtype=dtype)
-        array = array.reshape(shape) if mapped else array.reshape(shape).copy()
+        array = array.reshape(shape) if kind == "sealed" else array.reshape(shape).copy()
         return array[()] if payload[3] is True and array.ndim == 0 else array
 
     def _tensor(self, payload: list[Any]) -> Any:
@@ -538,12 +672,26 @@ class Decoder:
         count = 1
         for dim in shape:
             count *= dim
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        buffer, mapped = self._bytes_of(payload[2], count * itemsize)
+        itemsize = dtype.itemsize
+        buffer, kind = self._bytes_of(payload[2], count * itemsize)
         if count == 0:
+            if kind == "shared":
+                buffer.release()
             tensor = torch.empty(shape, dtype=dtype)
+        elif kind == "shared":
+            with buffer:
+                pages = fresh_pages(buffer.nbytes)
+                # One read of the shared region; only the copy is used after this.
+                if buffer.nbytes >= PARALLEL_COPY_BYTES:
+                    received = torch.frombuffer(pages, dtype=torch.uint8, count=buffer.nbytes)
+                    received.copy_(torch.frombuffer(buffer, dtype=torch.uint8))
+                    del received
+                else:
+                    with memoryview(pages) as own:
+                        own[: buffer.nbytes] = buffer
+            tensor = torch.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
         else:
-            tensor = torch.frombuffer(buffer if mapped else bytearray(buffer), dtype=dtype).reshape(shape)
+            tensor = torch.frombuffer(buffer if kind == "sealed" else bytearray(buffer), dtype=dtype).reshape(shape)
         target = self.tensor_device(device) if self.tensor_device is not None else "cpu"
         return tensor if target == "cpu" else tensor.to(target)
 
@@ -562,11 +710,18 @@ class Decoder:
             raise CodecError("an image extension is malformed or its mode is not allowed")
         mode, width, height = payload[0], payload[1], payload[2]
         expected = len(Image.new(mode, (width, 1)).tobytes()) * height
-        buffer, _mapped = self._bytes_of(payload[3], expected)
+        buffer, kind = self._bytes_of(payload[3], expected)
         try:
-            return Image.frombytes(mode, (width, height), bytes(buffer))
+            # frombytes copies the pixels once into the image's own memory, straight from the inline bytes,
+            # the private mapping or the shared region (read once, like a tensor's).
+            return Image.frombytes(mode, (width, height), buffer)
         except ValueError as exc:
             raise CodecError(f"image data does not match its mode and size ({exc})") from exc
+        finally:
+            if kind == "shared":
+                buffer.release()
+            elif isinstance(buffer, mmap.mmap):
+                buffer.close()
 
     def _output(self, payload: list[Any], depth: int) -> Any:
         if len(payload) != 2 or not isinstance(payload[0], str) or not isinstance(payload[1], dict):

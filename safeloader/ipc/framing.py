@@ -16,10 +16,13 @@ import socket
 import struct
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
 
 _HEADER = struct.Struct(">IB")
+#: Without a deadline the socket simply blocks; with one, each call returns at once and select() waits.
+_NO_WAIT = socket.MSG_DONTWAIT
 
 
 class FrameError(Exception):
@@ -35,31 +38,74 @@ class FrameTimeout(Exception):
 
 
 def send_frame(
-    sock: socket.socket, body: bytes | memoryview, fds: Sequence[int] = (), *, limits: Limits = DEFAULT_LIMITS
+    sock: socket.socket,
+    body: bytes | memoryview,
+    fds: Sequence[int] = (),
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    deadline: float | None = None,
 ) -> None:
+    """Send one frame; with ``deadline`` (``time.monotonic()``), a peer that stops reading raises FrameTimeout.
+
+    Header and body leave in one ``sendmsg`` (one system call and one wake-up of the peer for a small frame);
+    the fds ride on that call, so they arrive with the header's first byte.
+    """
     if len(body) > limits.max_frame_bytes:
         raise FrameError(f"frame of {len(body)} bytes exceeds the {limits.max_frame_bytes}-byte limit")
     if len(fds) > min(limits.max_fds, 255):
         raise FrameError(f"{len(fds)} file descriptors exceed the limit of {limits.max_fds} per frame")
     header = _HEADER.pack(len(body), len(fds))
-    if fds:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        sent = sock.sendmsg([header], ancillary)
-        if sent != len(header):
-            sock.sendall(header[sent:])
-    else:
-        sock.sendall(header)
-    if len(body):
-        sock.sendall(body)
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    total = _HEADER.size + len(body)
+    sent = _send_some(sock, [header, body] if len(body) else [header], ancillary, deadline)
+    if sent < total:  # the socket buffer filled up: the rest follows without the fds
+        if sent < _HEADER.size:
+            _send_all(sock, memoryview(header)[sent:], deadline)
+            sent = _HEADER.size
+        _send_all(sock, memoryview(body)[sent - _HEADER.size :], deadline)
 
 
-def _wait_readable(sock: socket.socket, deadline: float | None) -> None:
+def _send_some(sock: socket.socket, buffers: list[Any], ancillary: list[Any], deadline: float | None) -> int:
+    while True:
+        try:
+            return sock.sendmsg(buffers, ancillary, _NO_WAIT if deadline is not None else 0)
+        except BlockingIOError:
+            _wait(sock, deadline, writing=True)
+
+
+def _send_all(sock: socket.socket, data: memoryview, deadline: float | None) -> None:
+    while data.nbytes:
+        data = data[_send_some(sock, [data], [], deadline) :]
+
+
+def _wait(sock: socket.socket, deadline: float | None, *, writing: bool = False) -> None:
+    """Wait until ``sock`` is readable (or writable); FrameTimeout once ``deadline`` has passed."""
+    waiting: tuple[list[socket.socket], list[socket.socket], list[socket.socket]] = (
+        ([], [sock], []) if writing else ([sock], [], [])
+    )
     if deadline is None:
-        select.select([sock], [], [])
+        select.select(*waiting)
         return
     remaining = deadline - time.monotonic()
-    if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+    if remaining <= 0 or not any(select.select(*waiting, remaining)):
         raise FrameTimeout()
+
+
+def _recv_some(sock: socket.socket, size: int, fd_space: int, deadline: float | None) -> Any:
+    # Try first, wait only when nothing is there: a reply that has already arrived costs one system call.
+    while True:
+        try:
+            return sock.recvmsg(size, fd_space, _NO_WAIT if deadline is not None else 0)
+        except BlockingIOError:
+            _wait(sock, deadline)
+
+
+def _recv_some_into(sock: socket.socket, view: memoryview, fd_space: int, deadline: float | None) -> Any:
+    while True:
+        try:
+            return sock.recvmsg_into([view], fd_space, _NO_WAIT if deadline is not None else 0)
+        except BlockingIOError:
+            _wait(sock, deadline)
 
 
 def _close_all(fds: Sequence[int]) -> None:
@@ -86,8 +132,7 @@ def recv_frame(
     fds: list[int] = []
     try:
         while len(header) < _HEADER.size:
-            _wait_readable(sock, deadline)
-            data, ancdata, flags, _addr = sock.recvmsg(_HEADER.size - len(header), fd_space)
+            data, ancdata, flags, _addr = _recv_some(sock, _HEADER.size - len(header), fd_space, deadline)
             fds.extend(_fds_from_ancillary(ancdata))
             if flags & socket.MSG_CTRUNC:
                 raise FrameError("too many file descriptors were attached to one frame")
@@ -107,8 +152,7 @@ def recv_frame(
         view = memoryview(body)
         got = 0
         while got < length:
-            _wait_readable(sock, deadline)
-            count, ancdata, _flags, _addr = sock.recvmsg_into([view[got:]], fd_space)
+            count, ancdata, _flags, _addr = _recv_some_into(sock, view[got:], fd_space, deadline)
             if ancdata:
                 _close_all(_fds_from_ancillary(ancdata))
                 raise FrameError("file descriptors arrived in the middle of a frame body")

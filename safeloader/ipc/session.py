@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import hashlib
 import signal
 import threading
@@ -33,9 +34,19 @@ from safeloader.errors import (
 )
 from safeloader.ipc import protocol
 from safeloader.ipc.channel import Channel
-from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device, preload_output_classes
+from safeloader.ipc.codec import (
+    CodecError,
+    Decoder,
+    Encoder,
+    Ext,
+    MessageTooLarge,
+    available_device,
+    preload_output_classes,
+)
 from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed
+from safeloader.ipc.limits import DEFAULT_LIMITS
 from safeloader.ipc.rng import CallRng
+from safeloader.ipc.shm import TransferMappings
 from safeloader.policy.schema import Policy
 from safeloader.sandbox.report import LayerStatus, SandboxReport
 
@@ -134,10 +145,19 @@ class WorkerSession:
         # may call back into the pipeline.
         self._lock = threading.RLock()
         self._call_depth = 0
+        # One reply may announce at most max_result_mb of arrays, tensors, images and strings: checked
+        # before the caller maps or copies any of it.
+        reply_limits = dataclasses.replace(DEFAULT_LIMITS, max_total_bytes=policy.sandbox.max_result_mb * 1024 * 1024)
+        self._transfer = TransferMappings()
         self.channel = Channel(
             worker.sock,
             Encoder(fallback=self._encode_reference),
-            Decoder(on_handle=self._decode_handle, tensor_device=available_device),
+            Decoder(
+                limits=reply_limits,
+                on_handle=self._decode_handle,
+                tensor_device=available_device,
+                transfer=self._transfer,
+            ),
         )
         self.sandbox_report = worker.report
         self._ready = False
@@ -232,6 +252,7 @@ class WorkerSession:
             self.worker.wait(_CLOSE_GRACE_S)
         finally:
             self._close_bars()
+            self._transfer.close()
             self.worker.close()
             _live_sessions.discard(self)
 
@@ -245,6 +266,7 @@ class WorkerSession:
         exit_cause = getattr(self.worker, "exit_cause", lambda: None)()
         self.closed = True
         self._close_bars()
+        self._transfer.close()
         self.worker.close()
         _live_sessions.discard(self)
         last = tail.strip().splitlines()[-1] if tail.strip() else "no stderr output"
@@ -267,6 +289,13 @@ class WorkerSession:
             ) from None
         except (PeerClosed, ConnectionError):
             raise self._crashed(doing) from None
+        except MessageTooLarge:
+            self._abort()
+            raise ProtocolError(
+                f"the sandboxed worker's reply while {doing} announced more than [sandbox] max_result_mb = "
+                f"{self.policy.sandbox.max_result_mb} MiB of data and was killed before any of it was read; "
+                "raise max_result_mb if the pipeline legitimately returns that much."
+            ) from None
         except (FrameError, CodecError) as exc:
             self._abort()
             raise ProtocolError(
@@ -275,11 +304,11 @@ class WorkerSession:
             ) from None
 
     def _send(self, message: dict[str, Any], doing: str, *, timeout_s: float) -> None:
-        # A worker that stops reading must not block the caller forever in sendall.
-        self.worker.sock.settimeout(timeout_s)
+        # A worker that stops reading must not block the caller forever: the frame is sent against a deadline
+        # (non-blocking sends, select only when the socket buffer is full — no timeout syscalls per send).
         try:
-            self.channel.send(message)
-        except TimeoutError:
+            self.channel.send(message, time.monotonic() + timeout_s)
+        except (FrameTimeout, TimeoutError):
             self._abort()
             raise WorkerTimeout(
                 f"the sandboxed worker stopped reading while {doing} and was killed after {timeout_s:g} s; "
@@ -641,4 +670,5 @@ class WorkerSession:
             self.worker.wait(_CLOSE_GRACE_S)
         finally:
             self._close_bars()
+            self._transfer.close()
             self.worker.close()

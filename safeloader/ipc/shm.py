@@ -1,20 +1,46 @@
-"""Bulk bytes through sealed memfds: the sender seals them, the receiver checks seals and size, maps privately.
+"""Bulk bytes through shared memory, on two paths chosen by size (see SECURITY.md, "Tensors and arrays").
 
-The seals (no write, no shrink, no grow, no further seal changes) mean the sender can no longer change the
-bytes once the receiver has checked them; ``MAP_PRIVATE`` gives the receiver copy-on-write pages of its own.
+**Sealed memfds** — the caller keeps the sender's pages. The sender copies the bytes into a fresh memfd and
+seals it (no write, no shrink, no grow, no further seal changes), so it can no longer change them once the
+receiver has checked them; the receiver checks seals, size and that every page is really there, and maps it
+``MAP_PRIVATE`` (copy-on-write pages of its own).
+
+**A reusable transfer buffer** — the caller copies out once. The worker keeps one pre-faulted memfd (sealed
+only against shrinking and growing, so it can never take pages away under the caller's reads) and writes each
+reply's bulk bytes into it; the caller copies them into memory of its own and only then decodes them. The
+worker can still change the buffer at any time, which changes nothing the caller holds: the caller reads each
+region exactly once, into its own pages, and makes no decision from the shared bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
+from typing import Any
 
 REQUIRED_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+#: Seals a transfer buffer must carry: its size is fixed, so reading it never faults past its end (SIGBUS).
+TRANSFER_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+_HUGE_PAGE = 2 * 1024 * 1024
+#: Copies at least this large use torch's parallel copy; smaller ones a plain memmove, because entering an
+#: OpenMP parallel region costs more than it saves there (and far more on a machine with busy cores).
+PARALLEL_COPY_BYTES = 64 * 1024 * 1024
 
 
 class SharedMemoryError(Exception):
-    """A received memfd is not sealed as required or is smaller than announced."""
+    """A received memfd is not sealed as required, or is smaller (or sparser) than announced."""
+
+
+def _require_pages(status: os.stat_result, needed: int, what: str) -> None:
+    """Every page of ``needed`` bytes is allocated: a sparse memfd costs its sender nothing and would make the
+    receiver allocate (and copy) every page it reads."""
+    backed = status.st_blocks * 512
+    if backed < needed:
+        raise SharedMemoryError(
+            f"the attached {what} announces {needed} bytes but only {backed} are backed by memory (a sparse file)"
+        )
 
 
 def sealed_memfd_from(buffer: memoryview) -> int:
@@ -38,18 +64,112 @@ def sealed_memfd_from(buffer: memoryview) -> int:
 
 
 def map_sealed_memfd(fd: int, size: int) -> mmap.mmap | bytes:
-    """Check ``fd``'s seals and size, and map ``size`` bytes of it copy-on-write; does not close ``fd``."""
+    """Check ``fd``'s seals, size and pages, and map ``size`` bytes of it copy-on-write; does not close ``fd``."""
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError as exc:
         raise SharedMemoryError(f"the attached descriptor is not a sealable memfd ({exc.strerror})") from exc
     if seals & REQUIRED_SEALS != REQUIRED_SEALS:
         raise SharedMemoryError(f"the attached memfd is not fully sealed (seals {seals:#x})")
-    actual = os.fstat(fd).st_size
-    if actual != size:
-        raise SharedMemoryError(f"the attached memfd holds {actual} bytes, not the announced {size}")
+    status = os.fstat(fd)
+    if status.st_size != size:
+        raise SharedMemoryError(f"the attached memfd holds {status.st_size} bytes, not the announced {size}")
+    # Sealed against writes, so the page count checked here is the page count the mapping will see.
+    _require_pages(status, size, "memfd")
     if size == 0:
         return b""
     # Writable but private: the receiver may modify its copy (copy-on-write, page by page); pages are
     # mapped lazily, because populating a writable private mapping would copy every page up front.
     return mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def fresh_pages(nbytes: int) -> mmap.mmap:
+    """Private anonymous memory for a received buffer, in transparent huge pages where the host allows it.
+
+    A fresh 256 MiB destination in 4 KiB pages costs 65 536 page faults — several times the copy itself on
+    a virtual machine; huge pages make that 128.
+    """
+    pages = mmap.mmap(-1, max(nbytes, 1), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if nbytes >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            pages.madvise(mmap.MADV_HUGEPAGE)
+    return pages
+
+
+class TransferBuffer:
+    """The sender's reusable, pre-faulted shared buffer (the worker holds one; see the module docstring)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.fd = os.memfd_create("safeloader-transfer", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, capacity)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, TRANSFER_SEALS)
+            # MAP_POPULATE allocates and maps every page now, once, instead of faulting each one per reply.
+            self.mapping = mmap.mmap(
+                self.fd, capacity, mmap.MAP_SHARED | mmap.MAP_POPULATE, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def write(self, offset: int, source: memoryview, tensor: Any = None) -> None:
+        """Copy ``source`` (or the flat uint8 ``tensor`` it views, with torch's parallel copy) to ``offset``."""
+        size = source.nbytes
+        if tensor is not None and size >= PARALLEL_COPY_BYTES:
+            import torch
+
+            target = torch.frombuffer(self.mapping, dtype=torch.uint8, count=size, offset=offset)
+            target.copy_(tensor)
+        else:
+            self.mapping[offset : offset + size] = source.cast("B")
+
+    def close(self) -> None:
+        self.mapping.close()
+        os.close(self.fd)
+
+
+class TransferMappings:
+    """The receiver's read mappings of the sender's transfer buffers, kept while the same buffer comes back.
+
+    Mapping 256 MiB afresh for every reply would cost a page-table fault per page at the first read; the
+    buffer's inode identifies it (the kept descriptor keeps the inode alive, so its number cannot be reused).
+    """
+
+    _KEEP = 2
+
+    def __init__(self) -> None:
+        self._by_inode: dict[tuple[int, int], tuple[int, mmap.mmap]] = {}
+
+    def map(self, fd: int, needed: int) -> mmap.mmap:
+        """Check ``fd`` as a transfer buffer holding at least ``needed`` bytes and return its mapping."""
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError as exc:
+            raise SharedMemoryError(f"the attached descriptor is not a sealable memfd ({exc.strerror})") from exc
+        if seals & TRANSFER_SEALS != TRANSFER_SEALS:
+            raise SharedMemoryError(f"the attached transfer buffer can still change size (seals {seals:#x})")
+        status = os.fstat(fd)
+        if status.st_size < needed:
+            raise SharedMemoryError(f"the attached transfer buffer holds {status.st_size} bytes, fewer than {needed}")
+        # Checked at every reply (pages can be punched out between replies): reading a hole would make the
+        # caller allocate the page. A hole punched after this check costs at most the buffer's own size.
+        _require_pages(status, status.st_size, "transfer buffer")
+        key = (status.st_dev, status.st_ino)
+        kept = self._by_inode.get(key)
+        if kept is not None and len(kept[1]) == status.st_size:
+            return kept[1]
+        if len(self._by_inode) >= self._KEEP:
+            self.close()
+        # Private and writable only so that torch can wrap it without a warning; nothing ever writes to it,
+        # so no page is ever copied and every read sees the buffer's current page.
+        mapping = mmap.mmap(fd, status.st_size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._by_inode[key] = (os.dup(fd), mapping)
+        return mapping
+
+    def close(self) -> None:
+        for fd, mapping in self._by_inode.values():
+            with contextlib.suppress(BufferError):
+                mapping.close()
+            os.close(fd)
+        self._by_inode.clear()

@@ -62,6 +62,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "network": _BOOL,
         "memory_limit_mb": _INT,
         "tmp_size_mb": _INT,
+        "max_result_mb": _INT,
         "call_timeout_s": _NUM,
         "load_timeout_s": _NUM,
         "gpu": _BOOL,
@@ -125,6 +126,7 @@ def _validate(data: Mapping[str, Any], origin: str) -> None:
     for key, upper in (
         ("memory_limit_mb", 1 << 30),
         ("tmp_size_mb", 1 << 30),
+        ("max_result_mb", 1 << 30),
         ("call_timeout_s", 7 * 86400),
         ("load_timeout_s", 7 * 86400),
         ("max_output_mb", 1 << 30),

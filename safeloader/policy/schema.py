@@ -69,6 +69,9 @@ class AuditPolicy:
 class SandboxPolicy:
     network: bool = False
     memory_limit_mb: int = 8192
+    #: Ceiling on the bytes of arrays, tensors, images and strings in one reply of the worker; the caller
+    #: checks it (and each buffer against its descriptor) before it maps or copies anything.
+    max_result_mb: int = 4096
     call_timeout_s: float = 600.0
     load_timeout_s: float = 300.0
     gpu: bool = False

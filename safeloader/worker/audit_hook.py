@@ -50,6 +50,8 @@ _ALWAYS = frozenset(
         "import",
     }
 )
+#: Event name prefixes recorded whenever they happen.
+_ALWAYS_PREFIXES = ("ctypes.", "os.exec")
 _IMPORT_WATCH = frozenset({"ctypes", "socket", "subprocess", "urllib", "http", "requests", "pty", "multiprocessing"})
 
 
@@ -109,6 +111,16 @@ class EventRecorder:
         return full.startswith(roots)
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        # Every audit event of the process comes through here (a tiny DDPM call raises ~80 ``builtins.id``
+        # and ``object.__getattr__``): leave at once for the ones never recorded.
+        if (
+            event != "open"
+            and event != "import"
+            and event not in _ALWAYS
+            and event != "ctypes"
+            and not event.startswith(_ALWAYS_PREFIXES)
+        ):
+            return
         if self._active:
             return
         self._active = True
@@ -127,7 +139,7 @@ class EventRecorder:
                 # torch and diffusers import these lazily themselves; only the pipeline's own imports count.
                 if args[0].split(".")[0] in _IMPORT_WATCH and self._pipeline_on_stack():
                     self._record("import", str(args[0]), True)
-            elif event in _ALWAYS or event.split(".")[0] == "ctypes" or event.startswith("os.exec"):
+            else:
                 self._record(event, repr(args)[:_MAX_ARG_CHARS], self._pipeline_on_stack())
         except Exception:  # an audit hook must never break the code it watches
             pass

@@ -37,6 +37,9 @@ from safeloader.worker.model_loaders import LoadRefused
 from safeloader.worker.pipeline_derivation import HANDLERS as DERIVATION_HANDLERS
 
 IPC_FD = 3
+#: Replies whose bulk buffers fit in this many bytes go through one reusable, pre-faulted transfer buffer
+#: that the caller copies out of; larger ones in fresh sealed memfds the caller maps (see SECURITY.md).
+TRANSFER_MAX_BYTES = 512 * 1024 * 1024
 #: from_pretrained arguments that would fetch or run code other than the verified files.
 _REFUSED_KWARGS = frozenset(
     {
@@ -74,7 +77,7 @@ class Worker:
         self.model_dir: Path | None = None
         self.channel = Channel(
             sock,
-            Encoder(fallback=self._encode_handle),
+            Encoder(fallback=self._encode_handle, transfer_max=TRANSFER_MAX_BYTES),
             Decoder(
                 on_handle=self._decode_handle,
                 on_callback=self._decode_callback,

@@ -97,6 +97,43 @@ elif mode == "generator_ext_bad_state":
     frame({"op": "result", "value": msgpack.ExtType(Ext.GENERATOR, msgpack.packb([0, "cpu", b"\x00" * 7, 0]))})
 elif mode == "build_answers_data":
     frame({"op": "result", "value": {"pipeline": 0, "info": {}}})
+elif mode == "sparse_image":
+    # A 4 GiB image whose memfd has no page at all: costs this process nothing.
+    fd = os.memfd_create("sparse", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 4 << 30)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+    image = msgpack.ExtType(Ext.IMAGE, msgpack.packb(["RGBA", 32768, 32768, 0]))
+    send_frame(sock, msgpack.packb({"op": "result", "value": {"kind": "value", "value": image}}), [fd])
+elif mode == "tensor_larger_than_memfd":
+    fd = sealed(b"\x00" * 4096, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+    tensor = msgpack.ExtType(Ext.TENSOR, msgpack.packb(["float32", [1 << 20], 0, "cpu"]))
+    send_frame(sock, msgpack.packb({"op": "result", "value": {"kind": "value", "value": tensor}}), [fd])
+elif mode == "over_max_result":
+    import torch  # a well-formed 2 MiB reply; the test's policy allows 1 MiB
+
+    body, fds = Encoder().encode({"op": "result", "value": {"kind": "value", "value": torch.ones(1 << 19)}})
+    send_frame(sock, body, fds)
+elif mode == "image_size_mismatch":
+    image = msgpack.ExtType(Ext.IMAGE, msgpack.packb(["RGB", 100, 100, b"\x00" * 100]))
+    frame({"op": "result", "value": {"kind": "value", "value": image}})
+elif mode == "inline_array_short":
+    array = msgpack.ExtType(Ext.NDARRAY, msgpack.packb(["float64", [1000], b"\x00" * 10, False]))
+    frame({"op": "result", "value": {"kind": "value", "value": array}})
+elif mode == "transfer_can_resize":
+    fd = sealed(b"\x00" * (1 << 20), 0)  # no seals: it could shrink under the caller's reads (SIGBUS)
+    tensor = msgpack.ExtType(Ext.TENSOR, msgpack.packb(["uint8", [1 << 20], [0, 0], "cpu"]))
+    send_frame(sock, msgpack.packb({"op": "result", "value": {"kind": "value", "value": tensor}}), [fd])
+elif mode == "transfer_then_tamper":
+    import torch
+
+    encoder = Encoder(transfer_max=64 << 20)
+    body, fds = encoder.encode({"op": "result", "value": {"kind": "value", "value": torch.ones(1 << 20)}})
+    send_frame(sock, body, fds)
+    for fd in fds:
+        os.close(fd)
+    recv_frame(sock)  # the caller has decoded the reply: it asks again
+    encoder._transfer.mapping[:] = b"\xff" * encoder._transfer.capacity  # rewrite what the caller read
+    frame({"op": "result", "value": {"kind": "value", "value": "tampered"}})
 elif mode == "result_after_callback_storm":
     for _ in range(10_000):
         frame({"op": "progress", "bar": 1, "event": "update", "n": 1, "total": 1.0, "desc": "x"})
