@@ -157,7 +157,48 @@ def load_remote(
     return remote
 
 
-class AutoModel:
+class RemoteLoader:
+    """A loader class whose ``from_pretrained`` builds ``kind`` of ``library`` in the sandboxed worker.
+
+    The drop-ins for diffusers' ``AutoModel`` and modular pipelines and for transformers' Auto classes are
+    subclasses that only name what they load; every one goes through :func:`load_remote`.
+    """
+
+    library = "auto"
+    kind = "AutoModel"
+    #: How the error for ``RemoteLoader()`` names the class.
+    public_name = "safeloader.AutoModel"
+
+    def __init__(self) -> None:
+        raise TypeError(f"{self.public_name} is a loader; call {self.kind}.from_pretrained(...).")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        trust_remote_code: bool = False,
+        policy: str | os.PathLike[str] | Policy | None = None,
+        lockfile: str | os.PathLike[str] | None = None,
+        worker: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The library's ``from_pretrained`` plus ``policy``, ``lockfile`` and ``worker`` (share one)."""
+        return load_remote(
+            pretrained_model_name_or_path,
+            library=cls.library,
+            kind=cls.kind,
+            subfolder=subfolder,
+            trust_remote_code=trust_remote_code,
+            policy=policy,
+            lockfile=lockfile,
+            worker=worker,
+            **kwargs,
+        )
+
+
+class AutoModel(RemoteLoader):
     """Drop-in for ``diffusers.AutoModel`` whose ``auto_map`` code runs sandboxed.
 
     Example::
@@ -167,31 +208,3 @@ class AutoModel:
                                                  trust_remote_code=True, policy="acme.toml")
         hidden = text_encoder(input_ids).last_hidden_state
     """
-
-    def __init__(self) -> None:
-        raise TypeError("safeloader.AutoModel is a loader; call AutoModel.from_pretrained(...).")
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_or_path: str | os.PathLike[str],
-        *,
-        subfolder: str | None = None,
-        trust_remote_code: bool = False,
-        policy: str | os.PathLike[str] | Policy | None = None,
-        lockfile: str | os.PathLike[str] | None = None,
-        worker: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        """diffusers' ``AutoModel.from_pretrained`` plus ``policy``, ``lockfile`` and ``worker`` (share one)."""
-        return load_remote(
-            pretrained_model_or_path,
-            library="auto",
-            kind="AutoModel",
-            subfolder=subfolder,
-            trust_remote_code=trust_remote_code,
-            policy=policy,
-            lockfile=lockfile,
-            worker=worker,
-            **kwargs,
-        )

@@ -13,51 +13,20 @@ documented workflow::
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
-from safeloader.automodel import load_remote
-from safeloader.policy import Policy
+from safeloader.automodel import RemoteLoader
 
 
-class _ModularLoader:
-    kind = "ModularPipelineBlocks"
-
-    def __init__(self) -> None:
-        raise TypeError(f"safeloader.{self.kind} is a loader; call {self.kind}.from_pretrained(...).")
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike[str],
-        *,
-        trust_remote_code: bool = False,
-        policy: str | os.PathLike[str] | Policy | None = None,
-        lockfile: str | os.PathLike[str] | None = None,
-        worker: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        """diffusers' ``from_pretrained`` plus ``policy``, ``lockfile`` and ``worker`` (share one)."""
-        return load_remote(
-            pretrained_model_name_or_path,
-            library="diffusers",
-            kind=cls.kind,
-            subfolder=kwargs.pop("subfolder", None),
-            trust_remote_code=trust_remote_code,
-            policy=policy,
-            lockfile=lockfile,
-            worker=worker,
-            **kwargs,
-        )
-
-
-class ModularPipelineBlocks(_ModularLoader):
+class ModularPipelineBlocks(RemoteLoader):
     """Drop-in for ``diffusers.ModularPipelineBlocks.from_pretrained`` with custom blocks sandboxed."""
 
+    library = "diffusers"
     kind = "ModularPipelineBlocks"
+    public_name = "safeloader.ModularPipelineBlocks"
 
 
-class ModularPipeline(_ModularLoader):
+class ModularPipeline(RemoteLoader):
     """Drop-in for ``diffusers.ModularPipeline.from_pretrained`` with custom blocks sandboxed."""
 
+    library = "diffusers"
     kind = "ModularPipeline"
+    public_name = "safeloader.ModularPipeline"

@@ -18,61 +18,40 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from safeloader.automodel import load_remote
+from safeloader.automodel import RemoteLoader, load_remote
 from safeloader.policy import Policy
 
 __all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoProcessor", "AutoTokenizer", "pipeline"]
 
 
-class _SandboxedAuto:
+class AutoModel(RemoteLoader):
+    library = "transformers"
     kind = "AutoModel"
-
-    def __init__(self) -> None:
-        raise TypeError(f"safeloader.transformers.{self.kind} is a loader; call {self.kind}.from_pretrained(...).")
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike[str],
-        *,
-        trust_remote_code: bool = False,
-        policy: str | os.PathLike[str] | Policy | None = None,
-        lockfile: str | os.PathLike[str] | None = None,
-        worker: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        """transformers' ``from_pretrained`` plus ``policy``, ``lockfile`` and ``worker`` (share one)."""
-        return load_remote(
-            pretrained_model_name_or_path,
-            library="transformers",
-            kind=cls.kind,
-            subfolder=kwargs.pop("subfolder", None),
-            trust_remote_code=trust_remote_code,
-            policy=policy,
-            lockfile=lockfile,
-            worker=worker,
-            **kwargs,
-        )
+    public_name = "safeloader.transformers.AutoModel"
 
 
-class AutoModel(_SandboxedAuto):
-    kind = "AutoModel"
-
-
-class AutoModelForCausalLM(_SandboxedAuto):
+class AutoModelForCausalLM(RemoteLoader):
+    library = "transformers"
     kind = "AutoModelForCausalLM"
+    public_name = "safeloader.transformers.AutoModelForCausalLM"
 
 
-class AutoTokenizer(_SandboxedAuto):
+class AutoTokenizer(RemoteLoader):
+    library = "transformers"
     kind = "AutoTokenizer"
+    public_name = "safeloader.transformers.AutoTokenizer"
 
 
-class AutoConfig(_SandboxedAuto):
+class AutoConfig(RemoteLoader):
+    library = "transformers"
     kind = "AutoConfig"
+    public_name = "safeloader.transformers.AutoConfig"
 
 
-class AutoProcessor(_SandboxedAuto):
+class AutoProcessor(RemoteLoader):
+    library = "transformers"
     kind = "AutoProcessor"
+    public_name = "safeloader.transformers.AutoProcessor"
 
 
 def pipeline(
