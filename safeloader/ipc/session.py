@@ -247,6 +247,10 @@ class WorkerSession:
     def _abort(self) -> None:
         """Kill the worker at once (timeouts, protocol violations) and release everything."""
         self.closed = True
+        self._kill_and_release()
+
+    def _kill_and_release(self) -> None:
+        """Kill and reap the worker, then release the caller's side of it (bars, transfer mappings, socket)."""
         try:
             self.worker.kill()
             self.worker.wait(_CLOSE_GRACE_S)
@@ -665,10 +669,4 @@ class WorkerSession:
                     self.channel.send({"op": protocol.CLOSE})
             finally:
                 self._lock.release()
-        try:
-            self.worker.kill()
-            self.worker.wait(_CLOSE_GRACE_S)
-        finally:
-            self._close_bars()
-            self._transfer.close()
-            self.worker.close()
+        self._kill_and_release()
