@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 WORK=${COMPAT_DIR:-/tmp/safeloader-compat}
-TESTS=${COMPAT_TESTS:-tests/test_dropin.py tests/test_proxy_pipelines.py}
+TESTS=${COMPAT_TESTS:-tests/test_dropin.py tests/test_proxy_pipelines.py tests/test_proxy_semantics.py}
 mkdir -p "$WORK"
 status=0
 : > "$WORK/results.txt"
