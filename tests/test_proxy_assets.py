@@ -103,9 +103,9 @@ def hashed(code: dict[str, bytes]) -> dict[str, str]:
     return {relpath: hashlib.sha256(data).hexdigest() for relpath, data in code.items()}
 
 
-def run(pipe: Any, prompt: str = PROMPT) -> np.ndarray:
+def run(pipe: Any, prompt: str = PROMPT, **kwargs: Any) -> np.ndarray:
     result: np.ndarray = pipe(
-        prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+        prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
     ).images
     return result
 
@@ -165,13 +165,48 @@ def assets(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> dict[
     perturbed = {k: v + torch.randn(v.shape, generator=generator) for k, v in load_file(weights).items()}
     save_file(perturbed, weights)
     private(weights)
+    (root / "ip").mkdir()
+    save_file(tiny_ip_adapter(unet, image_embed_dim=IP_EMBED_DIM), root / "ip" / "ip-adapter.safetensors")
+    private(root / "ip" / "ip-adapter.safetensors")
     return {
+        "ip": root / "ip",
         "lora": root / "lora",
         "lora_pickle": root / "lora-pickle",
         "fake": root / "fake",
         "ti": root / "ti",
         "cd": root / "cd",
     }
+
+
+IP_EMBED_DIM = 8
+
+
+def tiny_ip_adapter(unet: Any, *, image_embed_dim: int) -> dict[str, torch.Tensor]:
+    """IP-Adapter weights for the tiny UNet in diffusers' single-file layout: an ``ImageProjection`` into 4
+    tokens and a key/value projection per cross-attention layer, numbered as diffusers numbers them (1, 3, …)."""
+    cross = unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(7)
+    weights = {
+        "image_proj.proj.weight": torch.randn(cross * 4, image_embed_dim, generator=generator),
+        "image_proj.proj.bias": torch.randn(cross * 4, generator=generator),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    channels = list(unet.config.block_out_channels)
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        elif name.startswith("down_blocks"):
+            hidden = channels[int(name[len("down_blocks.")])]
+        else:
+            hidden = channels[-1]
+        weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=generator)
+        weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=generator)
+        key_id += 2
+    return weights
 
 
 POLICY = with_overrides(Policy(sources=SourcesPolicy(deny=("evil/*",))), sandbox={"max_output_mb": 2})
@@ -339,6 +374,26 @@ def test_textual_inversion_and_attn_procs_load_identically(
         np.testing.assert_array_equal(run(remote), reference["cd"])
     finally:
         unet.set_attn_processor(processors)
+    np.testing.assert_array_equal(run(remote), reference["plain"])
+
+
+def test_ip_adapter_the_worker_cannot_read_loads_identically(
+    remote: RemotePipeline, local: StableDiffusionPipeline, reference: dict[str, Any], assets: dict[str, Path]
+) -> None:
+    # Image embeddings given directly (negative and positive, for classifier-free guidance): no image encoder.
+    embeds = [torch.randn(2, 1, IP_EMBED_DIM, generator=torch.Generator().manual_seed(9))]
+    arguments = {"subfolder": "", "weight_name": "ip-adapter.safetensors", "image_encoder_folder": None}
+    local.load_ip_adapter(str(assets["ip"]), **arguments)
+    try:
+        expected = run(local, ip_adapter_image_embeds=embeds)
+    finally:
+        local.unload_ip_adapter()
+    assert not np.array_equal(expected, reference["plain"])
+    remote.load_ip_adapter(str(assets["ip"]), **arguments)  # a root-only 0600 file, read by the caller
+    try:
+        np.testing.assert_array_equal(run(remote, ip_adapter_image_embeds=embeds), expected)
+    finally:
+        remote.unload_ip_adapter()
     np.testing.assert_array_equal(run(remote), reference["plain"])
 
 
