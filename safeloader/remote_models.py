@@ -14,7 +14,7 @@ from typing import Any
 
 from safeloader.errors import ProtocolError
 from safeloader.ipc import protocol
-from safeloader.ipc.codec import GenericOutput
+from safeloader.ipc.codec import GenericOutput, PublicFieldMapping
 from safeloader.proxy import RemoteObject, WorkerSession
 
 
@@ -50,16 +50,8 @@ def model_call(session: WorkerSession, handle: int, method: str | None, args: An
     return from_data(value)
 
 
-class ConfigView(dict[str, Any]):
+class ConfigView(PublicFieldMapping):
     """A model's configuration as data: keys, and attribute access for public names."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self)

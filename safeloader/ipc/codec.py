@@ -152,22 +152,28 @@ class _TooManyItems(Exception):
     """Raised from inside msgpack's unpacker to stop it at the item limit."""
 
 
-class GenericOutput(dict[str, Any]):
-    """A diffusers output class not on the allow list, as a mapping with attribute and index access."""
+class PublicFieldMapping(dict[str, Any]):
+    """Data from the worker as a mapping whose public keys also read as attributes.
 
-    def __init__(self, type_name: str, fields: Mapping[str, Any]) -> None:
-        super().__init__(fields)
-        self.type_name = type_name
+    Only public names: protocols (``__array_interface__``, ``_repr_html_``…) are looked up as attributes, and
+    the worker must never be able to answer them.
+    """
 
     def __getattr__(self, name: str) -> Any:
-        # Only public field names: protocols (``__array_interface__``, ``_repr_html_``…) are looked up as
-        # attributes, and the worker must never be able to answer them.
         if name.startswith("_"):
             raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+class GenericOutput(PublicFieldMapping):
+    """A diffusers output class not on the allow list, as a mapping with attribute and index access."""
+
+    def __init__(self, type_name: str, fields: Mapping[str, Any]) -> None:
+        super().__init__(fields)
+        self.type_name = type_name
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, int | slice):

@@ -63,14 +63,19 @@ def sealed_memfd_from(buffer: memoryview) -> int:
     return fd
 
 
-def map_sealed_memfd(fd: int, size: int) -> mmap.mmap | bytes:
-    """Check ``fd``'s seals, size and pages, and map ``size`` bytes of it copy-on-write; does not close ``fd``."""
+def _require_seals(fd: int, required: int, problem: str) -> None:
+    """Refuse ``fd`` unless it is a memfd carrying every seal in ``required``."""
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError as exc:
         raise SharedMemoryError(f"the attached descriptor is not a sealable memfd ({exc.strerror})") from exc
-    if seals & REQUIRED_SEALS != REQUIRED_SEALS:
-        raise SharedMemoryError(f"the attached memfd is not fully sealed (seals {seals:#x})")
+    if seals & required != required:
+        raise SharedMemoryError(f"{problem} (seals {seals:#x})")
+
+
+def map_sealed_memfd(fd: int, size: int) -> mmap.mmap | bytes:
+    """Check ``fd``'s seals, size and pages, and map ``size`` bytes of it copy-on-write; does not close ``fd``."""
+    _require_seals(fd, REQUIRED_SEALS, "the attached memfd is not fully sealed")
     status = os.fstat(fd)
     if status.st_size != size:
         raise SharedMemoryError(f"the attached memfd holds {status.st_size} bytes, not the announced {size}")
@@ -143,12 +148,7 @@ class TransferMappings:
 
     def map(self, fd: int, needed: int) -> mmap.mmap:
         """Check ``fd`` as a transfer buffer holding at least ``needed`` bytes and return its mapping."""
-        try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        except OSError as exc:
-            raise SharedMemoryError(f"the attached descriptor is not a sealable memfd ({exc.strerror})") from exc
-        if seals & TRANSFER_SEALS != TRANSFER_SEALS:
-            raise SharedMemoryError(f"the attached transfer buffer can still change size (seals {seals:#x})")
+        _require_seals(fd, TRANSFER_SEALS, "the attached transfer buffer can still change size")
         status = os.fstat(fd)
         if status.st_size < needed:
             raise SharedMemoryError(f"the attached transfer buffer holds {status.st_size} bytes, fewer than {needed}")
