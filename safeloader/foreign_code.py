@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from safeloader.auto_map import code_entries
-from safeloader.errors import IntegrityError, RemoteCodeNotTrusted, UnpinnedRevisionError
+from safeloader.errors import IntegrityError, RemoteCodeNotTrusted
 from safeloader.model_source import ModelSource, component_folders
 from safeloader.policy import Policy
 from safeloader.resolve.manifest import Manifest
@@ -70,15 +70,16 @@ def model_repo_entries(model: ModelSource, custom_pipeline: str | None) -> tuple
 
 def _check_model_pin(model: ModelSource, policy: Policy) -> None:
     """Code inside the model repo is pinned only when the caller asked for the model's exact commit."""
-    if model.commit is None or model.requested_revision == model.commit:
+    from safeloader.resolve.resolver import unpinned_warning
+
+    if model.commit is None:
         return
-    message = (
-        f"code in model repo {model.repo_id} was requested at {model.requested_revision or 'the default branch'!r}, "
-        f"which points at commit {model.commit} now; pass revision={model.commit!r} to pin it."
+    pinned = model.requested_revision == model.commit
+    warning = unpinned_warning(
+        policy, f"code in model repo {model.repo_id}", model.requested_revision, model.commit, pinned=pinned
     )
-    if policy.sources.require_pinned_revision:
-        raise UnpinnedRevisionError(f"policy {policy.name!r} requires pinned revisions: {message}")
-    logger.warning("unpinned load: %s", message)
+    if warning is not None:
+        logger.warning("unpinned load: %s", warning)
 
 
 def _merge(manifests: list[Manifest]) -> tuple[dict[str, bytes], dict[str, str]]:

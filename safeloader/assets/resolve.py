@@ -26,7 +26,6 @@ from safeloader.errors import (
     PathTraversalError,
     ResolveError,
     SourceDenied,
-    UnpinnedRevisionError,
 )
 from safeloader.policy import Policy, source_allowed
 
@@ -200,16 +199,11 @@ def resolve_local(path: Path, selection: Selection, policy: Policy) -> ResolvedA
 def hub_revision_allowed(policy: Policy, repo_id: str, revision: str | None, commit: str) -> None:
     """Apply ``require_pinned_revision`` to a Hub asset, or warn about the unpinned revision."""
     from safeloader.resolve.hub import is_commit
+    from safeloader.resolve.resolver import unpinned_warning
 
-    if is_commit(revision):
-        return
-    message = (
-        f"{repo_id} was requested at {revision or 'the default branch'!r}, which points at commit {commit} now; "
-        f"pass revision={commit!r} to pin it."
-    )
-    if policy.sources.require_pinned_revision:
-        raise UnpinnedRevisionError(f"policy {policy.name!r} requires a pinned commit: {message}")
-    logger.warning("%s", message)
+    warning = unpinned_warning(policy, repo_id, revision, commit, pinned=is_commit(revision))
+    if warning is not None:
+        logger.warning("%s", warning)
 
 
 def resolve_hub(

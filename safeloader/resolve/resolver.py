@@ -159,6 +159,20 @@ def _unpinned_message(source_id: str, revision: str | None, commit: str) -> str:
     )
 
 
+def unpinned_warning(policy: Policy, source_id: str, revision: str | None, commit: str, *, pinned: bool) -> str | None:
+    """The pin rule for everything fetched from the Hub (pipeline code, model-repo code, assets, brokered files).
+
+    ``None`` when the request named its commit; under ``require_pinned_revision`` an unpinned request is an
+    :class:`UnpinnedRevisionError`; otherwise the warning to log and report, with the commit ready to paste.
+    """
+    if pinned:
+        return None
+    message = _unpinned_message(source_id, revision, commit)
+    if policy.sources.require_pinned_revision:
+        raise UnpinnedRevisionError(f"policy {policy.name!r} requires a pinned commit: {message}")
+    return message
+
+
 def _commit_for(
     kind: str, repo: str, repo_type: str, revision: str | None, *, token: str | bool | None, offline: bool, cache: Cache
 ) -> str:
@@ -285,12 +299,7 @@ def _resolve_remote(
     commit = _commit_for(
         target.kind, target.repo, target.repo_type, target.revision, token=token, offline=offline, cache=cache
     )
-    pinned = is_commit(target.revision)
-    if policy.sources.require_pinned_revision and not pinned:
-        raise UnpinnedRevisionError(
-            f"policy {policy.name!r} requires a pinned commit: "
-            + _unpinned_message(target.source_id, target.revision, commit)
-        )
+    warning = unpinned_warning(policy, target.source_id, target.revision, commit, pinned=is_commit(target.revision))
     manifest = _fetch_remote(
         kind=target.kind,
         repo=target.repo,
@@ -307,8 +316,7 @@ def _resolve_remote(
     )
     notes = dict(manifest.notes)
     notes.pop("unpinned_warning", None)
-    if not pinned:
-        warning = _unpinned_message(target.source_id, target.revision, commit)
+    if warning is not None:
         notes["unpinned_warning"] = warning
         logger.warning("%s", warning)
     # A cached manifest may have been written for another request of the same commit.
