@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from safeloader.ipc.channel import Channel
+from safeloader.ipc.codec import Decoder, Encoder
 from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed, recv_frame, send_frame
 from safeloader.ipc.limits import Limits
 
@@ -93,3 +96,42 @@ def test_too_many_fds_are_closed_and_refused(pair: tuple[socket.socket, socket.s
     os.close(write_end)
     assert os.read(read_end, 1) == b""  # every received duplicate was closed, so the pipe is at EOF
     os.close(read_end)
+
+
+@pytest.mark.parametrize("with_deadline", [True, False])
+def test_polling_receive_falls_back_to_sleeping(pair: tuple[socket.socket, socket.socket], with_deadline: bool) -> None:
+    """A frame that comes after the polling window still arrives (by select, or a blocking read), fds too."""
+    left, right = pair
+    read_end, write_end = os.pipe()
+    timer = threading.Timer(0.1, send_frame, args=(left, b"late", [write_end]))
+    timer.start()
+    deadline = time.monotonic() + 10 if with_deadline else None
+    body, fds = recv_frame(right, deadline=deadline, spin_s=0.001)
+    timer.join()
+    assert bytes(body) == b"late" and len(fds) == 1
+    for fd in (*fds, read_end, write_end):
+        os.close(fd)
+
+
+def test_polling_receive_keeps_its_deadline(pair: tuple[socket.socket, socket.socket]) -> None:
+    _left, right = pair
+    started = time.monotonic()
+    with pytest.raises(FrameTimeout):
+        recv_frame(right, deadline=started + 0.2, spin_s=0.05)
+    assert 0.2 <= time.monotonic() - started < 2
+
+
+def test_channel_polls_only_while_the_peer_answers_fast(pair: tuple[socket.socket, socket.socket]) -> None:
+    left, right = pair
+    channel = Channel(right, Encoder(), Decoder())
+    channel.spin_s = 0.05
+    sender = Channel(left, Encoder(), Decoder())
+    sender.send({"op": "fast"})
+    assert channel.recv(time.monotonic() + 5)["op"] == "fast" and channel._answers_fast
+    timer = threading.Timer(0.2, sender.send, args=({"op": "slow"},))
+    timer.start()
+    assert channel.recv(time.monotonic() + 5)["op"] == "slow"
+    timer.join()
+    assert not channel._answers_fast  # the next receive sleeps at once
+    sender.send({"op": "fast again"})
+    assert channel.recv(time.monotonic() + 5)["op"] == "fast again" and channel._answers_fast

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 from safeloader.ipc.codec import CodecError, Decoder, Encoder
@@ -19,6 +20,12 @@ class Channel:
         self.encoder = encoder
         self.decoder = decoder
         self.limits = limits
+        #: How long a receive may keep polling before it sleeps (see :func:`safeloader.ipc.framing.recv_frame`);
+        #: 0 never polls.
+        self.spin_s = 0.0
+        # Adaptive, as a spinning mutex is: poll only while the peer's last answer came within the window, so a
+        # long pipeline call (or a caller busy between calls) never has a spinning neighbour on its cores.
+        self._answers_fast = True
 
     def send(self, message: dict[str, Any], deadline: float | None = None) -> None:
         """Send one message; with ``deadline`` (``time.monotonic()``) a peer that stops reading raises FrameTimeout."""
@@ -36,7 +43,13 @@ class Channel:
 
     def recv(self, deadline: float | None = None) -> dict[str, Any]:
         """Receive one message; raises FrameError/CodecError on anything malformed, PeerClosed on EOF."""
-        body, fds = recv_frame(self.sock, deadline=deadline, limits=self.limits)
+        if self.spin_s > 0:
+            started = time.monotonic()
+            spin_s = self.spin_s if self._answers_fast else 0.0
+            body, fds = recv_frame(self.sock, deadline=deadline, limits=self.limits, spin_s=spin_s)
+            self._answers_fast = time.monotonic() - started < self.spin_s
+        else:
+            body, fds = recv_frame(self.sock, deadline=deadline, limits=self.limits)
         message = self.decoder.decode(body, fds)
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             raise CodecError("a message is not a map with an 'op' string")

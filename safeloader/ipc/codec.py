@@ -204,6 +204,17 @@ def _torch() -> Any:
     return torch
 
 
+_dtype_names: dict[Any, str] = {}
+
+
+def _torch_dtype_name(dtype: Any) -> str:
+    """``"float32"`` for ``torch.float32`` (remembered: ``str(dtype)`` costs a call on every tensor)."""
+    name = _dtype_names.get(dtype)
+    if name is None:
+        name = _dtype_names[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
 def _torch_loaded() -> Any:
     import sys
 
@@ -411,20 +422,22 @@ class Encoder:
 
     def _tensor(self, value: Any, fds: list[int]) -> msgpack.ExtType:
         torch = _torch()
-        name = str(value.dtype).removeprefix("torch.")
+        name = _torch_dtype_name(value.dtype)
         if name not in TORCH_DTYPES:
             raise CodecError(f"torch dtype {name} is not on the allow list")
-        if value.layout != torch.strided or value.is_quantized or value.device.type == "meta":
+        where = value.device
+        if value.layout != torch.strided or value.is_quantized or where.type == "meta":
             raise CodecError("only dense tensors with data can cross")
         if value.dim() > self.limits.max_ndim:
             raise CodecError(f"a tensor has more than {self.limits.max_ndim} dimensions")
-        device = str(value.device)
-        flat = value.detach()
+        device = "cpu" if where.type == "cpu" else str(where)
+        flat = value.detach() if value.requires_grad else value
         if flat.is_conj() or flat.is_neg():  # lazy views: materialise their values (skipped: a call each)
             flat = flat.resolve_conj().resolve_neg()
-        if flat.device.type != "cpu":
+        if device != "cpu":
             flat = flat.to("cpu")
-        flat = flat.contiguous().reshape(-1)
+        if flat.dim() != 1 or not flat.is_contiguous():  # each call costs a microsecond on a small tensor
+            flat = flat.contiguous().reshape(-1)
         flat_bytes = flat.view(torch.uint8) if flat.numel() else None
         raw = memoryview(flat_bytes.numpy()) if flat_bytes is not None else memoryview(b"")
         self._count(nbytes=raw.nbytes)
@@ -695,9 +708,11 @@ class Decoder:
                 else:
                     with memoryview(pages) as own:
                         own[: buffer.nbytes] = buffer
-            tensor = torch.frombuffer(pages, dtype=dtype, count=count).reshape(shape)
+            tensor = torch.frombuffer(pages, dtype=dtype, count=count)
         else:
-            tensor = torch.frombuffer(buffer if kind == "sealed" else bytearray(buffer), dtype=dtype).reshape(shape)
+            tensor = torch.frombuffer(buffer if kind == "sealed" else bytearray(buffer), dtype=dtype)
+        if len(shape) != 1:  # frombuffer gives the flat shape; a reshape costs more than the rest of a small decode
+            tensor = tensor.reshape(shape)
         target = self.tensor_device(device) if self.tensor_device is not None else "cpu"
         return tensor if target == "cpu" else tensor.to(target)
 

@@ -91,13 +91,22 @@ def _wait(sock: socket.socket, deadline: float | None, *, writing: bool = False)
         raise FrameTimeout()
 
 
-def _recv_some(sock: socket.socket, size: int, fd_space: int, deadline: float | None) -> Any:
+def _recv_some(
+    sock: socket.socket, size: int, fd_space: int, deadline: float | None, spin_until: float | None = None
+) -> Any:
     # Try first, wait only when nothing is there: a reply that has already arrived costs one system call.
+    # Until ``spin_until`` keep trying without sleeping: a reply that comes within tens of microseconds is then
+    # read on a CPU that never went idle (measured: a sleep and wake-up cost about as much as the reply itself).
     while True:
         try:
-            return sock.recvmsg(size, fd_space, _NO_WAIT if deadline is not None else 0)
+            waits = deadline is not None or spin_until is not None
+            return sock.recvmsg(size, fd_space, _NO_WAIT if waits else 0)
         except BlockingIOError:
-            _wait(sock, deadline)
+            if spin_until is not None and time.monotonic() < spin_until:
+                continue
+            spin_until = None
+            if deadline is not None:
+                _wait(sock, deadline)
 
 
 def _recv_some_into(sock: socket.socket, view: memoryview, fd_space: int, deadline: float | None) -> Any:
@@ -124,15 +133,18 @@ def _fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 
 def recv_frame(
-    sock: socket.socket, *, deadline: float | None = None, limits: Limits = DEFAULT_LIMITS
+    sock: socket.socket, *, deadline: float | None = None, limits: Limits = DEFAULT_LIMITS, spin_s: float = 0.0
 ) -> tuple[bytearray, list[int]]:
     """Receive one frame; returns its body and the fds attached to it (the caller owns and closes them)."""
     fd_space = socket.CMSG_SPACE(min(limits.max_fds, 255) * array.array("i").itemsize)
     header = bytearray()
     fds: list[int] = []
     try:
+        spin_until = time.monotonic() + spin_s if spin_s > 0 else None
         while len(header) < _HEADER.size:
-            data, ancdata, flags, _addr = _recv_some(sock, _HEADER.size - len(header), fd_space, deadline)
+            data, ancdata, flags, _addr = _recv_some(
+                sock, _HEADER.size - len(header), fd_space, deadline, spin_until if not header else None
+            )
             fds.extend(_fds_from_ancillary(ancdata))
             if flags & socket.MSG_CTRUNC:
                 raise FrameError("too many file descriptors were attached to one frame")

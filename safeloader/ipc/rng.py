@@ -5,6 +5,11 @@ the worker sends each generator's advanced state back and the caller's generator
 one generator give what they give in-process. The caller's default CPU generator (``torch.manual_seed``) is
 carried the same way for every top-level call. States from the worker are checked (type, exact size, accepted by
 a scratch generator) before any of the caller's generators is touched; a bad one is a protocol violation.
+
+The global state is 5 KiB and most calls leave it alone, so each side remembers the state both last agreed on
+(the caller's after the previous exchange) and sends ``True`` ("the state we agreed on") instead of the bytes
+when its state is still that one. The worker then sets its generator back to the agreed state, which undoes any
+drift between calls exactly as sending the bytes would; semantics are those of sending the full state each way.
 """
 
 from __future__ import annotations
@@ -89,8 +94,17 @@ def _expected_size(device: str) -> int:
     return _scratch_generator(device)[1]
 
 
+#: The last state checked, as ``(state, device, tensor)``: a call that leaves the global state alone sets the
+#: agreed state again, and the same bytes object need not be checked twice (bytes cannot change).
+_last_checked: tuple[bytes, str, Any] | None = None
+
+
 def checked_state(state: object, device: str) -> Any:
     """``state`` as a uint8 tensor a generator on ``device`` accepts; raises :class:`RngStateError` otherwise."""
+    global _last_checked
+    last = _last_checked
+    if last is not None and last[0] is state and last[1] == device:
+        return last[2]
     torch = _torch()
     scratch, size = _scratch_generator(device)
     if not isinstance(state, bytes) or len(state) != size:
@@ -100,6 +114,7 @@ def checked_state(state: object, device: str) -> Any:
         scratch.set_state(tensor)  # the real generator is set only once every state of the reply passed this
     except (RuntimeError, ValueError, TypeError) as exc:
         raise RngStateError(f"a generator state for {device} is invalid ({exc})") from None
+    _last_checked = (state, device, tensor)
     return tensor
 
 
@@ -115,29 +130,44 @@ def restore_generator(seed: int, source_device: str, state: object, target_devic
     return generator
 
 
+#: In place of a global state: "the state the two sides last agreed on" (see the module docstring).
+AGREED = True
+
+
 @dataclasses.dataclass
 class CallRng:
-    """What one call carries: the caller's generators (by slot) and, for top-level calls, the global CPU state."""
+    """What one call carries: the caller's generators (by slot) and, for top-level calls, the global CPU state.
+
+    ``agreed`` is the global state both sides hold from the previous successful call (``None`` before the
+    first); after :meth:`apply` it is the state they agree on now. Both sides keep it only when the call
+    succeeds, so a failed call leaves both on the previous one.
+    """
 
     generators: list[Any]
     carry_global: bool
+    agreed: bytes | None = None
 
     @classmethod
-    def for_call(cls, args: object, kwargs: Mapping[str, Any], *, nested: bool) -> CallRng | None:
+    def for_call(
+        cls, args: object, kwargs: Mapping[str, Any], *, nested: bool, agreed: bytes | None = None
+    ) -> CallRng | None:
         if _torch() is None:
             return None
         generators = collect_generators(kwargs, collect_generators(args))
         # A call made from inside a callback must not rewind the global RNG of the call it is nested in.
         if not generators and nested:
             return None
-        return cls(generators, carry_global=not nested)
+        return cls(generators, carry_global=not nested, agreed=agreed)
 
     def message(self) -> dict[str, Any]:
-        torch = _torch()
-        return {
-            "generators": len(self.generators),
-            "global": generator_state(torch.default_generator) if self.carry_global else None,
-        }
+        global_state: bytes | bool | None = None
+        if self.carry_global:
+            current = generator_state(_torch().default_generator)
+            if current == self.agreed:
+                global_state = AGREED
+            else:
+                global_state, self.agreed = current, current
+        return {"generators": len(self.generators), "global": global_state}
 
     def apply(self, reply: object, fail: Callable[[str], BaseException]) -> Any:
         """Check the worker's states, then set the caller's generators to them; returns the call's value."""
@@ -154,7 +184,12 @@ class CallRng:
             ]
             global_state = None
             if self.carry_global:
-                global_state = checked_state(reply["global"], "cpu")
+                # The worker answers AGREED when the call left its state where it was set: the agreed one.
+                if reply["global"] is AGREED and self.agreed is not None:
+                    global_state = checked_state(self.agreed, "cpu")
+                else:
+                    global_state = checked_state(reply["global"], "cpu")
+                    self.agreed = reply["global"]
             elif reply["global"] is not None:
                 raise RngStateError("a nested call's reply carries a global state")
         except RngStateError as exc:
@@ -163,5 +198,7 @@ class CallRng:
             if state is not None:
                 generator.set_state(state)
         if global_state is not None:
+            # Also when the worker's state is unchanged: the caller's own callbacks may have drawn from it
+            # during the call, and in-process the pipeline's draws are what the caller's generator holds after.
             torch.default_generator.set_state(global_state)
         return reply["value"]

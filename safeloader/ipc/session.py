@@ -145,6 +145,8 @@ class WorkerSession:
         # may call back into the pipeline.
         self._lock = threading.RLock()
         self._call_depth = 0
+        #: The global RNG state caller and worker agreed on after the last top-level call (see ipc.rng).
+        self._agreed_global: bytes | None = None
         # One reply may announce at most max_result_mb of arrays, tensors, images and strings: checked
         # before the caller maps or copies any of it.
         reply_limits = dataclasses.replace(DEFAULT_LIMITS, max_total_bytes=policy.sandbox.max_result_mb * 1024 * 1024)
@@ -159,6 +161,7 @@ class WorkerSession:
                 transfer=self._transfer,
             ),
         )
+        self.channel.spin_s = protocol.SPIN_S
         self.sandbox_report = worker.report
         self._ready = False
         self._hello_deadline = time.monotonic() + policy.sandbox.load_timeout_s
@@ -520,7 +523,7 @@ class WorkerSession:
         message = {"op": protocol.CALL, "target": handle, "method": method, "args": list(args), "kwargs": arguments}
         with self._lock:
             # Generators (and the global RNG, for calls not nested in a callback) go with their state and come back.
-            rng = CallRng.for_call(args, arguments, nested=self._call_depth > 0)
+            rng = CallRng.for_call(args, arguments, nested=self._call_depth > 0, agreed=self._agreed_global)
             if rng is not None:
                 message["rng"] = rng.message()
             self._call_depth += 1
@@ -530,7 +533,12 @@ class WorkerSession:
                 self._call_depth -= 1
                 for callback_id in registered:
                     self._callbacks.pop(callback_id, None)
-            return reply if rng is None else rng.apply(reply, lambda problem: self._violation(problem, label))
+            if rng is None:
+                return reply
+            value = rng.apply(reply, lambda problem: self._violation(problem, label))
+            if rng.carry_global:
+                self._agreed_global = rng.agreed
+            return value
 
     def _violation(self, problem: str, doing: str) -> ProtocolError:
         """Kill the worker for a reply that breaks the protocol; returns the error to raise."""

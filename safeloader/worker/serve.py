@@ -24,7 +24,7 @@ from safeloader.ipc.channel import Channel
 from safeloader.ipc.codec import CodecError, Decoder, Encoder, Ext, available_device
 from safeloader.ipc.framing import PeerClosed
 from safeloader.ipc.library_objects import LibraryObjectRefused, rebuild_library_object
-from safeloader.ipc.rng import RngStateError, checked_state, generator_state
+from safeloader.ipc.rng import AGREED, RngStateError, checked_state, generator_state
 from safeloader.sandbox.report import LayerStatus
 from safeloader.worker.assets import WorkerAssets
 from safeloader.worker.audit_hook import EventRecorder, install_recorder
@@ -75,6 +75,8 @@ class Worker:
         #: Private folders for files the caller hands over and for what methods write (safeloader.assets).
         self.assets = WorkerAssets()
         self.model_dir: Path | None = None
+        #: The global CPU RNG state both sides agreed on after the last call, as bytes and as a checked tensor.
+        self.agreed_global: tuple[bytes, Any] | None = None
         self.channel = Channel(
             sock,
             Encoder(fallback=self._encode_handle, transfer_max=TRANSFER_MAX_BYTES),
@@ -85,6 +87,8 @@ class Worker:
                 tensor_device=available_device,
             ),
         )
+
+        self.channel.spin_s = protocol.SPIN_S
 
     # handles ------------------------------------------------------------------------------------------
     def _register(self, obj: object, handle: int | None = None) -> int:
@@ -332,12 +336,30 @@ class Worker:
 
         if rng.get("generators") != len(generators):
             raise Refused("the request's generator count does not match its generators")
-        if rng.get("global") is not None:
+        carried = rng.get("global")
+        # What both sides agree on for this call; kept for the next one only when the call succeeds, as the
+        # caller keeps it only then.
+        agreed = self.agreed_global
+        if carried is AGREED:
+            # The caller's state is the one agreed after the last call: undo any drift since (see ipc.rng).
+            if agreed is None:
+                raise Refused("the request refers to an agreed global RNG state before any was exchanged")
+        elif carried is not None:
             try:
-                torch.default_generator.set_state(checked_state(rng["global"], "cpu"))
+                agreed = (carried, checked_state(carried, "cpu"))
             except RngStateError as exc:
                 raise Refused(str(exc)) from None
+        if carried is not None and agreed is not None:
+            torch.default_generator.set_state(agreed[1])
         value = self.invoke(request)
+        global_after: bytes | bool | None = None
+        if carried is not None and agreed is not None:
+            state = generator_state(torch.default_generator)
+            if state == agreed[0]:
+                global_after = AGREED
+            else:
+                global_after, agreed = state, (state, checked_state(state, "cpu"))
+            self.agreed_global = agreed
         return {
             "value": value,
             # None when the generator lives on another kind of device than the caller's (no common state).
@@ -345,7 +367,7 @@ class Worker:
                 generator_state(generator) if generator.device.type == source.split(":")[0] else None
                 for generator, source in zip(generators, sources, strict=True)
             ],
-            "global": None if rng.get("global") is None else generator_state(torch.default_generator),
+            "global": global_after,
         }
 
     def invoke(self, request: dict[str, Any]) -> Any:
