@@ -1,5 +1,5 @@
-"""IPC: a 256 MiB tensor from the sandboxed worker to the caller against memcpy and pickle, the two shared-memory
-paths per size, and the latency of a 4 KiB round trip.
+"""IPC: a 256 MiB tensor from the sandboxed worker to the caller against memcpy and pickle, the three bulk paths
+per size (sealed memfd, transfer buffer, read out of the sender's memory), and the latency of a 4 KiB round trip.
 
 Prints a small table and one JSON line (``{"bench": "ipc", ...}``). Run: ``python bench/bench_ipc.py``.
 """
@@ -19,6 +19,7 @@ import torch
 
 from safeloader._demo.tiny_model import build_tiny_model
 from safeloader.ipc.codec import Decoder, Encoder
+from safeloader.ipc.remote_read import RemoteMemory
 from safeloader.ipc.shm import TransferMappings
 from safeloader.policy.schema import Policy
 from safeloader.proxy import load_remote_pipeline
@@ -68,22 +69,26 @@ def main() -> int:
 
     codec_s = median_time(args.repeats, codec_round_trip)
 
-    # The two shared-memory paths, in-process, per size: encode, decode and one full read by the receiver
-    # (the sealed path maps lazily, so without the read it would look free).
+    # The three bulk paths, in-process, per size: encode, decode and one full read by the receiver (the sealed
+    # path maps lazily, so without the read it would look free). The remote read here reads this process.
     transfer_encoder, transfer_decoder = Encoder(transfer_max=1 << 40), Decoder(transfer=TransferMappings())
-    paths: dict[str, dict[int, float]] = {"sealed": {}, "transfer": {}}
+    remote_encoder, remote_decoder = Encoder(remote_read=True), Decoder(remote=RemoteMemory(os.getpid()))
+    paths: dict[str, dict[int, float]] = {"sealed": {}, "transfer": {}, "remote": {}}
     for mib in (4, 16, 64, 256):
         tensor = torch.ones(mib * 1024 * 1024 // 4)
         for name, encoder, decoder in (
             ("sealed", Encoder(), Decoder()),
             ("transfer", transfer_encoder, transfer_decoder),
+            ("remote", remote_encoder, remote_decoder),
         ):
             decoder.decode(*encoder.encode(tensor))  # sizes the transfer buffer
 
             def path_round_trip(
                 encoder: Encoder = encoder, decoder: Decoder = decoder, tensor: torch.Tensor = tensor
             ) -> object:
-                return decoder.decode(*encoder.encode(tensor)).sum()
+                received = decoder.decode(*encoder.encode(tensor)).sum()
+                encoder.pinned.clear()  # what a channel does when the receiver answers
+                return received
 
             paths[name][mib] = median_time(args.repeats, path_round_trip)
 
@@ -126,11 +131,10 @@ def main() -> int:
         print(f"{name:<40} {seconds:>9.4f} {gbps:>7.2f}")
     print(f"{'4 KiB round trip (latency)':<40} {round_trip_s:>9.6f}")
     print(f"{'4 KiB method call on the proxy':<40} {method_s:>9.6f}")
-    print("in-process codec, encode + decode + one read, GB/s (sealed memfd | transfer buffer):")
+    print("in-process codec, encode + decode + one read, GB/s (sealed memfd | transfer buffer | remote read):")
     for mib in paths["sealed"]:
-        sealed_gbps = mib * 1024 * 1024 / paths["sealed"][mib] / 1e9
-        transfer_gbps = mib * 1024 * 1024 / paths["transfer"][mib] / 1e9
-        print(f"  {mib:>4} MiB  {sealed_gbps:6.2f} | {transfer_gbps:6.2f}")
+        rates = [mib * 1024 * 1024 / paths[name][mib] / 1e9 for name in ("sealed", "transfer", "remote")]
+        print(f"  {mib:>4} MiB  " + " | ".join(f"{rate:6.2f}" for rate in rates))
     result = {
         "bench": "ipc",
         "mib": args.mib,

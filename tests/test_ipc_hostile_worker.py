@@ -71,6 +71,9 @@ def assert_killed(session: WorkerSession) -> None:
         "image_size_mismatch",
         "inline_array_short",
         "transfer_can_resize",
+        "remote_bad_address",
+        "remote_unannounced",
+        "remote_below_threshold",
     ],
 )
 def test_hostile_frames_raise_protocol_error_and_kill_the_worker(mode: str, tmp_path: Path) -> None:
@@ -151,6 +154,13 @@ def test_a_build_answered_with_data_is_a_protocol_error(tmp_path: Path) -> None:
 
 def test_a_reply_over_max_result_mb_is_refused_before_it_is_mapped(tmp_path: Path) -> None:
     session = start_fake("over_max_result", tmp_path / "m", tmp_path, max_result_mb=1)
+    with pytest.raises(ProtocolError, match="max_result_mb = 1 MiB"):
+        session.get_attribute(0, "anything")
+    assert_killed(session)
+
+
+def test_a_remote_region_over_max_result_mb_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    session = start_fake("remote_over_max_result", tmp_path / "m", tmp_path, max_result_mb=1)
     with pytest.raises(ProtocolError, match="max_result_mb = 1 MiB"):
         session.get_attribute(0, "anything")
     assert_killed(session)

@@ -50,6 +50,9 @@ class Channel:
             self._answers_fast = time.monotonic() - started < self.spin_s
         else:
             body, fds = recv_frame(self.sock, deadline=deadline, limits=self.limits)
+        # The peer sends only once it has read everything it was sent: memory announced for it to read (see
+        # safeloader.ipc.remote_read) need not be kept any longer.
+        self.encoder.pinned.clear()
         message = self.decoder.decode(body, fds)
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             raise CodecError("a message is not a map with an 'op' string")

@@ -22,13 +22,14 @@ import numpy as np
 
 from safeloader.ipc import library_objects
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
+from safeloader.ipc.remote_read import RemoteMemory, RemoteReadError
 from safeloader.ipc.rng import generator_state, is_library_output, output_fields, restore_generator
 from safeloader.ipc.shm import (
     PARALLEL_COPY_BYTES,
+    ReceivedPages,
     SharedMemoryError,
     TransferBuffer,
     TransferMappings,
-    fresh_pages,
     map_sealed_memfd,
     sealed_memfd_from,
 )
@@ -251,11 +252,20 @@ class Encoder:
     """
 
     def __init__(
-        self, *, limits: Limits = DEFAULT_LIMITS, fallback: HandleEncoder | None = None, transfer_max: int = 0
+        self,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        fallback: HandleEncoder | None = None,
+        transfer_max: int = 0,
+        remote_read: bool = False,
     ) -> None:
         self.limits = limits
         self.fallback = fallback
         self.transfer_max = transfer_max
+        #: The receiver reads large tensors and arrays out of this process (safeloader.ipc.remote_read): their
+        #: address crosses instead of their bytes, and they are kept in :attr:`pinned` until it answers.
+        self.remote_read = remote_read
+        self.pinned: list[Any] = []
         self._transfer: TransferBuffer | None = None
         #: The transfer bytes the largest message so far wanted: the buffer grows to it at the next message.
         self._transfer_wanted = 0
@@ -286,10 +296,16 @@ class Encoder:
     def _pack(self, value: object) -> bytes:
         return msgpack.packb(value, use_bin_type=True)
 
-    def _buffer(self, raw: memoryview, fds: list[int], tensor: Any = None) -> bytes | int | list[int]:
-        """Inline bytes, the index of a sealed memfd, or ``[index, offset]`` of a region of the transfer buffer."""
+    def _buffer(
+        self, raw: memoryview, fds: list[int], tensor: Any = None, *, address: int = 0, owner: Any = None
+    ) -> bytes | int | list[int] | dict[str, int]:
+        """Inline bytes, the index of a sealed memfd, ``[index, offset]`` of a region of the transfer buffer, or
+        ``{"remote": address}`` of memory the receiver reads out of this process (``owner`` holds it)."""
         if raw.nbytes < self.limits.shm_threshold:
             return raw.tobytes()
+        if self.remote_read and address and owner is not None:
+            self.pinned.append(owner)  # alive until the receiver's next message: by then it has read it
+            return {"remote": address}
         region = self._transfer_region(raw, fds, tensor)
         if region is not None:
             return region
@@ -417,7 +433,9 @@ class Encoder:
         shape = list(array.shape)
         flat = np.ascontiguousarray(array.reshape(-1), dtype=array.dtype.newbyteorder("="))
         self._count(nbytes=flat.nbytes)
-        data = self._buffer(memoryview(flat.view(np.uint8)), fds)  # type: ignore[arg-type]
+        raw = memoryview(flat.view(np.uint8))  # type: ignore[arg-type]
+        address = flat.ctypes.data if self.remote_read and raw.nbytes >= self.limits.shm_threshold else 0
+        data = self._buffer(raw, fds, address=address, owner=flat)
         return msgpack.ExtType(Ext.NDARRAY, self._pack([flat.dtype.name, shape, data, scalar]))
 
     def _tensor(self, value: Any, fds: list[int]) -> msgpack.ExtType:
@@ -441,7 +459,8 @@ class Encoder:
         flat_bytes = flat.view(torch.uint8) if flat.numel() else None
         raw = memoryview(flat_bytes.numpy()) if flat_bytes is not None else memoryview(b"")
         self._count(nbytes=raw.nbytes)
-        data = self._buffer(raw, fds, flat_bytes)
+        address = flat_bytes.data_ptr() if flat_bytes is not None else 0
+        data = self._buffer(raw, fds, flat_bytes, address=address, owner=flat_bytes)
         return msgpack.ExtType(Ext.TENSOR, self._pack([name, list(value.shape), data, device]))
 
     def _image(self, value: Any, fds: list[int]) -> msgpack.ExtType:
@@ -469,6 +488,7 @@ class Decoder:
         on_library: ExtDecoder | None = None,
         tensor_device: Callable[[str], str] | None = None,
         transfer: TransferMappings | None = None,
+        remote: RemoteMemory | None = None,
     ) -> None:
         self.limits = limits
         self.on_handle = on_handle
@@ -481,6 +501,11 @@ class Decoder:
         self.generator_sources: list[str] = []
         #: Where regions of the peer's transfer buffer are accepted (the caller); ``None`` refuses them.
         self.transfer = transfer
+        #: Reads announced regions of the peer's memory (the caller, once the worker's probe passed);
+        #: ``None`` refuses them.
+        self.remote = remote
+        #: Pages for large received buffers, reused once nothing refers to them (see ReceivedPages).
+        self.pages = ReceivedPages()
 
     def decode(self, body: bytes | bytearray, fds: list[int]) -> Any:
         self._items = 0
@@ -647,7 +672,28 @@ class Decoder:
                 raise CodecError(str(exc)) from exc
         if isinstance(data, list) and len(data) == 2 and all(type(item) is int for item in data):
             return self._transfer_region(data[0], data[1], nbytes), "shared"
+        if isinstance(data, dict) and len(data) == 1 and type(data.get("remote")) is int:
+            if self.remote is None:
+                raise CodecError("regions of the peer's memory are not accepted in this direction")
+            if nbytes < self.limits.shm_threshold:
+                raise CodecError("a buffer below the shared-memory threshold must be sent inline")
+            return data["remote"], "remote"
         raise CodecError("an array's data is neither inline bytes nor an attached memfd")
+
+    def _read_remote(self, address: int, nbytes: int) -> Any:
+        """Pages of our own holding ``nbytes`` read at ``address`` in the peer (its memory is never kept)."""
+        assert self.remote is not None
+        pages = self.pages.take(nbytes)
+        with memoryview(pages) as view:
+            landing = np.frombuffer(view, dtype=np.uint8, count=nbytes)
+            try:
+                self.remote.read_into(landing.ctypes.data, address, nbytes)
+            except RemoteReadError as exc:
+                raise CodecError(str(exc)) from None
+            finally:
+                del landing
+        self.pages.keep(pages)
+        return pages
 
     def _transfer_region(self, index: int, offset: int, nbytes: int) -> memoryview:
         if self.transfer is None:
@@ -671,11 +717,14 @@ class Decoder:
         shape = self._shape(payload[1])
         count = int(np.prod(shape, dtype=object)) if shape else 1
         buffer, kind = self._bytes_of(payload[2], count * dtype.itemsize)
+        if kind == "remote":
+            buffer, kind = self._read_remote(buffer, count * dtype.itemsize), "sealed"  # our own pages
         if kind == "shared":
             with buffer:
-                pages = fresh_pages(buffer.nbytes)
+                pages = self.pages.take(buffer.nbytes)
                 with memoryview(pages) as target:
                     target[: buffer.nbytes] = buffer  # one read of the shared region, into our own pages
+            self.pages.keep(pages)
             buffer, kind = pages, "sealed"  # our own pages now, kept like a mapping
         array = np.frombuffer(buffer, dtype=dtype, count=count) if count else np.empty(0, dtype=dtype)
         array = array.reshape(shape) if kind == "sealed" else array.reshape(shape).copy()
@@ -693,13 +742,15 @@ class Decoder:
             count *= dim
         itemsize = dtype.itemsize
         buffer, kind = self._bytes_of(payload[2], count * itemsize)
+        if kind == "remote":
+            buffer, kind = self._read_remote(buffer, count * itemsize), "sealed"  # our own pages, kept as a mapping
         if count == 0:
             if kind == "shared":
                 buffer.release()
             tensor = torch.empty(shape, dtype=dtype)
         elif kind == "shared":
             with buffer:
-                pages = fresh_pages(buffer.nbytes)
+                pages = self.pages.take(buffer.nbytes)
                 # One read of the shared region; only the copy is used after this.
                 if buffer.nbytes >= PARALLEL_COPY_BYTES:
                     received = torch.frombuffer(pages, dtype=torch.uint8, count=buffer.nbytes)
@@ -709,8 +760,9 @@ class Decoder:
                     with memoryview(pages) as own:
                         own[: buffer.nbytes] = buffer
             tensor = torch.frombuffer(pages, dtype=dtype, count=count)
+            self.pages.keep(pages)
         else:
-            tensor = torch.frombuffer(buffer if kind == "sealed" else bytearray(buffer), dtype=dtype)
+            tensor = torch.frombuffer(buffer if kind == "sealed" else bytearray(buffer), dtype=dtype, count=count)
         if len(shape) != 1:  # frombuffer gives the flat shape; a reshape costs more than the rest of a small decode
             tensor = tensor.reshape(shape)
         target = self.tensor_device(device) if self.tensor_device is not None else "cpu"

@@ -45,6 +45,7 @@ from safeloader.ipc.codec import (
 )
 from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed
 from safeloader.ipc.limits import DEFAULT_LIMITS
+from safeloader.ipc.remote_read import RemoteMemory, open_remote_memory
 from safeloader.ipc.rng import CallRng
 from safeloader.ipc.shm import TransferMappings
 from safeloader.policy.schema import Policy
@@ -164,6 +165,9 @@ class WorkerSession:
         self.channel.spin_s = protocol.SPIN_S
         self.sandbox_report = worker.report
         self._ready = False
+        #: Reads large buffers out of the worker (safeloader.ipc.remote_read) once its probe passed.
+        self._remote: RemoteMemory | None = None
+        self._transport_sent = False
         self._hello_deadline = time.monotonic() + policy.sandbox.load_timeout_s
         _live_sessions.add(self)
 
@@ -209,7 +213,22 @@ class WorkerSession:
                 "check that safeloader is installed identically for the worker."
             )
         self.sandbox_report = self._merge_report(hello.get("layers"))
+        self._enable_remote_read(hello.get("probe"))
         self._ready = True
+
+    def _enable_remote_read(self, probe: object) -> None:
+        """Read large buffers out of the worker when its hello cookie can be read back (else the transfer buffer)."""
+        if not isinstance(probe, dict) or self._remote is not None:
+            return
+        remote = open_remote_memory(self.worker.pid)
+        if remote is None:
+            return
+        if not remote.probe(probe.get("address"), probe.get("cookie")):
+            remote.close()
+            return
+        self._remote = remote
+        self.channel.decoder.remote = remote
+        self._transport_sent = False
 
     def _merge_report(self, layers: object) -> SandboxReport:
         by_name = {status.layer: status for status in self.worker.report.layers}
@@ -258,10 +277,16 @@ class WorkerSession:
             self.worker.kill()
             self.worker.wait(_CLOSE_GRACE_S)
         finally:
-            self._close_bars()
-            self._transfer.close()
+            self._release_transport()
             self.worker.close()
             _live_sessions.discard(self)
+
+    def _release_transport(self) -> None:
+        self._close_bars()
+        self._transfer.close()
+        self.channel.decoder.pages.clear()
+        if self._remote is not None:
+            self._remote.close()
 
     def _crashed(self, doing: str) -> WorkerCrashed:
         returncode = self.worker.wait(_CLOSE_GRACE_S)
@@ -272,8 +297,7 @@ class WorkerSession:
         # Why the kernel ended it (the memory cgroup's OOM kill, a stack overflow), read before close().
         exit_cause = getattr(self.worker, "exit_cause", lambda: None)()
         self.closed = True
-        self._close_bars()
-        self._transfer.close()
+        self._release_transport()
         self.worker.close()
         _live_sessions.discard(self)
         last = tail.strip().splitlines()[-1] if tail.strip() else "no stderr output"
@@ -344,6 +368,9 @@ class WorkerSession:
         self.wait_until_ready()
         if self._pending_release:
             message["release"], self._pending_release = self._pending_release, []
+        if not self._transport_sent:
+            message["transport"] = {"remote_read": self._remote is not None}
+            self._transport_sent = True
         started = time.monotonic()
         deadline = started + timeout_s
         # Time spent in the caller's own callbacks does not count against the worker, but only up to one

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from safeloader.ipc import protocol
 from safeloader.ipc.channel import Channel
@@ -207,12 +208,16 @@ class Worker:
             )
 
     def serve(self) -> None:
+        # A random cookie the caller tries to read out of this process: if it can, large tensors and arrays
+        # cross by their address (safeloader.ipc.remote_read), else through the transfer buffer.
+        self.probe_cookie = np.frombuffer(bytearray(os.urandom(16)), dtype=np.uint8)
         self.send(
             {
                 "op": protocol.HELLO,
                 "version": protocol.PROTOCOL_VERSION,
                 "pid": os.getpid(),
                 "layers": [layer.to_dict() for layer in self.layers],
+                "probe": {"address": self.probe_cookie.ctypes.data, "cookie": self.probe_cookie.tobytes()},
             }
         )
         while not self.closing:
@@ -227,6 +232,9 @@ class Worker:
     def handle(self, request: dict[str, Any]) -> Any:
         op = request["op"]
         self.release(request.get("release"))
+        transport = request.get("transport")
+        if isinstance(transport, dict):  # the caller's first request says how it reads large buffers
+            self.channel.encoder.remote_read = transport.get("remote_read") is True
         if op == protocol.LOAD:
             return self.load(request)
         if op == protocol.GETATTR:

@@ -46,7 +46,15 @@ if mode == "array_in_hello":
     body, fds = Encoder().encode({"op": "hello", "version": numpy.array([1, 1]), "pid": 1, "layers": []})
     send_frame(sock, body, fds)
     time.sleep(60)
-frame({"op": "hello", "version": 1, "pid": os.getpid(), "layers": []})
+if mode.startswith("remote_") and mode != "remote_unannounced":
+    # A hello whose probe the caller can read back: large buffers may then cross by address.
+    import numpy
+
+    cookie = numpy.frombuffer(bytearray(os.urandom(16)), dtype=numpy.uint8)
+    probe = {"address": cookie.ctypes.data, "cookie": cookie.tobytes()}
+    frame({"op": "hello", "version": 1, "pid": os.getpid(), "layers": [], "probe": probe})
+else:
+    frame({"op": "hello", "version": 1, "pid": os.getpid(), "layers": []})
 if mode == "stops_reading":
     time.sleep(60)  # never reads the request, so the caller's send fills the socket buffer
 recv_frame(sock)
@@ -134,6 +142,21 @@ elif mode == "transfer_then_tamper":
     recv_frame(sock)  # the caller has decoded the reply: it asks again
     encoder._transfer.mapping[:] = b"\xff" * encoder._transfer.capacity  # rewrite what the caller read
     frame({"op": "result", "value": {"kind": "value", "value": "tampered"}})
+elif mode in ("remote_bad_address", "remote_unannounced"):
+    # A 4 MiB tensor "at" an address this process has not mapped (or announced without a passed probe).
+    tensor = msgpack.ExtType(Ext.TENSOR, msgpack.packb(["float32", [1 << 20], {"remote": 4096}, "cpu"]))
+    frame({"op": "result", "value": {"kind": "value", "value": tensor}})
+elif mode == "remote_below_threshold":
+    kept = bytearray(64)
+    import numpy
+
+    tensor = msgpack.ExtType(
+        Ext.TENSOR, msgpack.packb(["uint8", [64], {"remote": numpy.frombuffer(kept, numpy.uint8).ctypes.data}, "cpu"])
+    )
+    frame({"op": "result", "value": {"kind": "value", "value": tensor}})
+elif mode == "remote_over_max_result":
+    tensor = msgpack.ExtType(Ext.TENSOR, msgpack.packb(["float32", [1 << 30], {"remote": 4096}, "cpu"]))
+    frame({"op": "result", "value": {"kind": "value", "value": tensor}})
 elif mode == "result_after_callback_storm":
     for _ in range(10_000):
         frame({"op": "progress", "bar": 1, "event": "update", "n": 1, "total": 1.0, "desc": "x"})
