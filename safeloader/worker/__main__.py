@@ -4,7 +4,12 @@
 later, the verified pipeline code imported.
 """
 
-from safeloader.sandbox.inworker import finish_confinement
+import gc
+
+# Off until torch and diffusers are imported (see safeloader.worker.serve.run_worker).
+gc.disable()
+
+from safeloader.sandbox.inworker import finish_confinement  # noqa: E402
 
 CONFINEMENT_LAYERS = finish_confinement()
 

@@ -74,8 +74,10 @@ def install_progress_forwarding(send: Send) -> None:
     for module in (tqdm_package, tqdm.auto, tqdm.std):
         module.tqdm = ForwardingTqdm
     for name, module in list(sys.modules.items()):
-        if module is not None and name.startswith("diffusers") and getattr(module, "tqdm", None) in originals:
-            module.tqdm = ForwardingTqdm  # type: ignore[attr-defined]
+        # The module's own namespace, not getattr: a lazy module's __getattr__ would import on a miss.
+        namespace = getattr(module, "__dict__", None)
+        if name.startswith("diffusers") and isinstance(namespace, dict) and namespace.get("tqdm") in originals:
+            module.tqdm = ForwardingTqdm  # type: ignore[union-attr]
 
 
 class StepCallback:

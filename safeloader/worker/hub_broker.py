@@ -182,8 +182,10 @@ def install_hub_broker(broker: HubBroker) -> None:
             if hasattr(module, name) or module is huggingface_hub:
                 setattr(module, name, replacement)
     for module in list(sys.modules.values()):
-        if module is None:
+        # The module's own namespace, not getattr: a lazy module's __getattr__ would import on a miss.
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
             continue
         for name, (original, replacement) in originals.items():
-            if getattr(module, name, None) is original:
+            if namespace.get(name) is original:
                 setattr(module, name, replacement)

@@ -7,6 +7,7 @@ initiates anything except progress and callback messages inside a call the calle
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import socket
@@ -431,8 +432,15 @@ def run_worker(layers: Sequence[LayerStatus]) -> int:
     os.environ["HF_HUB_CACHE"] = os.path.join(tempfile.gettempdir(), "hf_hub")
     os.environ["DIFFUSERS_NO_ADVISORY_WARNINGS"] = "1"
     sock = socket.socket(fileno=IPC_FD)
+    # Imported before hello so a pre-started worker is ready to load. The collector stays off while they import
+    # (python -m safeloader.worker turned it off): each full collection during the import walks every object
+    # torch and diffusers have made so far, 0.7 s in all, measured. What they made lives as long as the worker,
+    # so it is frozen out of the collector's reach before the collector comes back.
     import diffusers.pipelines.pipeline_utils  # noqa: F401
-    import torch  # noqa: F401 - imported before hello so a pre-started worker is ready to load
+    import torch  # noqa: F401
+
+    gc.freeze()
+    gc.enable()
 
     worker = Worker(sock, layers)
     install_progress_forwarding(worker.send)
