@@ -77,7 +77,7 @@ def install_progress_forwarding(send: Send) -> None:
         # The module's own namespace, not getattr: a lazy module's __getattr__ would import on a miss.
         namespace = getattr(module, "__dict__", None)
         if name.startswith("diffusers") and isinstance(namespace, dict) and namespace.get("tqdm") in originals:
-            module.tqdm = ForwardingTqdm  # type: ignore[union-attr]
+            module.tqdm = ForwardingTqdm  # type: ignore[attr-defined]
 
 
 class StepCallback:
