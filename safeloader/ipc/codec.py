@@ -13,6 +13,7 @@ import contextlib
 import mmap
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from enum import IntEnum
 from typing import Any
@@ -131,15 +132,6 @@ _MAX_INT = 2**64 - 1
 _MIN_INT = -(2**63)
 
 
-def preload_output_classes() -> None:
-    """Import the modules of the most common output classes (run in a thread while a worker starts)."""
-    import importlib
-
-    for module_name in {location[0] for location in list(OUTPUT_CLASSES.values())[:2]}:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module_name)
-
-
 def available_device(name: str) -> str:
     """Where a received tensor or generator goes: its named CUDA device when this side has CUDA, else CPU."""
     if name.startswith("cuda"):
@@ -170,11 +162,20 @@ class PublicFieldMapping(dict[str, Any]):
 
 
 class GenericOutput(PublicFieldMapping):
-    """A diffusers output class not on the allow list, as a mapping with attribute and index access."""
+    """An output rebuilt as data: a diffusers or transformers output class that is not on the allow list, or
+    whose library this process has not imported. It behaves as their ``BaseOutput`` / ``ModelOutput`` do: the
+    fields that are not ``None`` are its keys, in order; every field reads as an attribute; an integer index
+    reads :meth:`to_tuple`."""
 
     def __init__(self, type_name: str, fields: Mapping[str, Any]) -> None:
-        super().__init__(fields)
+        super().__init__({name: value for name, value in fields.items() if value is not None})
         self.type_name = type_name
+        self.field_names = tuple(fields)
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name in self.__dict__.get("field_names", ()) and name not in self:
+            return None  # a field that is None: an attribute, not a key
+        return super().__getattr__(name)
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, int | slice):
@@ -182,7 +183,7 @@ class GenericOutput(PublicFieldMapping):
         return super().__getitem__(key)
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(value for value in self.values() if value is not None)
+        return tuple(self.values())
 
     def __repr__(self) -> str:
         return f"{self.type_name}({dict.__repr__(self)})"
@@ -808,7 +809,10 @@ class Decoder:
         # diffusers' BaseOutput turns the keys of a dict in its first field into attributes, and transformers'
         # ModelOutput those of a list of pairs too: never build one unless its first field is a plain value.
         first = next(iter(fields.values()), None)
-        if location is not None and _inert_first_field(location[0], first):
+        # The real class only where its library is already imported here: a script that names the class (or
+        # checks isinstance) has imported it; one that never does should not pay for diffusers in its own
+        # process (2.5 s to import, 0.5 s more at exit and hundreds of MiB, measured): the worker holds it.
+        if location is not None and location[0].split(".")[0] in sys.modules and _inert_first_field(location[0], first):
             import importlib
 
             try:

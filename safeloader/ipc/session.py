@@ -41,7 +41,6 @@ from safeloader.ipc.codec import (
     Ext,
     MessageTooLarge,
     available_device,
-    preload_output_classes,
 )
 from safeloader.ipc.framing import FrameError, FrameTimeout, PeerClosed
 from safeloader.ipc.limits import DEFAULT_LIMITS
@@ -181,9 +180,6 @@ class WorkerSession:
         """
         spawn = spawner if spawner is not None else _default_spawner()
         worker = spawn(policy.sandbox, model_dir=Path(model_dir))
-        # The caller needs diffusers' output classes for the first result; import them while the worker
-        # imports torch and diffusers, instead of after the first call.
-        threading.Thread(target=preload_output_classes, name="safeloader-preload", daemon=True).start()
         session = cls(worker, policy)
         if wait:
             session.wait_until_ready()
