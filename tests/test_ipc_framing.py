@@ -135,3 +135,31 @@ def test_channel_polls_only_while_the_peer_answers_fast(pair: tuple[socket.socke
     assert not channel._answers_fast  # the next receive sleeps at once
     sender.send({"op": "fast again"})
     assert channel.recv(time.monotonic() + 5)["op"] == "fast again" and channel._answers_fast
+
+
+def test_channel_does_not_poll_after_a_long_turn_of_its_own(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that just ran a long call (or a caller busy between calls) sleeps at once: no spinning
+    neighbour for the other side's cores."""
+    from safeloader.ipc import channel as channel_module
+
+    left, right = pair
+    spins: list[float] = []
+    real_recv_frame = channel_module.recv_frame
+
+    def recording_recv_frame(*args: object, **kwargs: object) -> object:
+        spins.append(float(kwargs["spin_s"]))  # type: ignore[arg-type]
+        return real_recv_frame(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(channel_module, "recv_frame", recording_recv_frame)
+    channel = Channel(right, Encoder(), Decoder())
+    channel.spin_s = 0.01
+    sender = Channel(left, Encoder(), Decoder())
+    for _ in range(2):
+        sender.send({"op": "quick"})
+        channel.recv(time.monotonic() + 5)
+    time.sleep(0.1)  # this side's own turn: ten windows
+    sender.send({"op": "after a long turn"})
+    channel.recv(time.monotonic() + 5)
+    assert spins[1] == 0.01 and spins[2] == 0
