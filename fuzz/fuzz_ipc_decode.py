@@ -79,7 +79,9 @@ class LoopbackWorker:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.pid = 0
+        # The hello's probe points into this process, so announced regions of "the worker's" memory are read
+        # out of the fuzzer itself: the caller's remote-read path is fuzzed too.
+        self.pid = os.getpid()
         self.report = SandboxReport(layers=(LayerStatus("seccomp", True, "fuzz"),))
         self.model_dir: Path | None = None
 
@@ -111,11 +113,18 @@ def frame(body: bytes, fd_count: int = 0) -> bytes:
     return HEADER.pack(len(body), fd_count) + body
 
 
+#: What the hello's probe points at: a cookie the caller reads back out of this process.
+PROBE_COOKIE = bytearray(b"safeloader-fuzz!")
+
+
 def hello_frame() -> bytes:
+    import numpy as np
+
     from safeloader.ipc.codec import Encoder
 
     layers = [LayerStatus("landlock", True, "fuzz").to_dict()]
-    message = {"op": protocol.HELLO, "version": protocol.PROTOCOL_VERSION, "pid": 2, "layers": layers}
+    probe = {"address": np.frombuffer(PROBE_COOKIE, dtype=np.uint8).ctypes.data, "cookie": bytes(PROBE_COOKIE)}
+    message = {"op": protocol.HELLO, "version": protocol.PROTOCOL_VERSION, "pid": 2, "layers": layers, "probe": probe}
     return frame(Encoder().encode(message)[0])
 
 
@@ -146,7 +155,7 @@ WORDS = (
     "tensors", "step", "timestep", "target", "name", "method", "args", "kwargs", "release", "version", "layers",
     "layer", "active", "required", "load", "call", "getattr", "describe", "seed", "callback_result", "float32",
     "uint8", "bool", "bfloat16", "float8_e4m3fn", "complex128", "object", "RGB", "1", "I;16", "P", "cpu", "cuda:0",
-    "meta", "ImagePipelineOutput", "UNet2DOutput", "images", "sample", "__class__", "",
+    "meta", "ImagePipelineOutput", "UNet2DOutput", "images", "sample", "__class__", "", "remote", "probe",
 )  # fmt: skip
 
 
@@ -367,6 +376,26 @@ def seed_inputs() -> dict[str, bytes]:
         "w2c_stream_progress_result": raw(0, progress_open, progress_step, result),
         "w2c_stream_callback_error": raw(0, callback, error),
         "w2c_hello_only": raw(0),
+        # Regions of "the worker's" memory: an address in the fuzzer's own heap at fuzz time is anything from
+        # unmapped (EFAULT) to readable; one below the inline threshold must be refused.
+        "w2c_remote_region": bytes([0])
+        + msgpack.packb(
+            {
+                "op": "result",
+                "value": msgpack.ExtType(
+                    Ext.TENSOR, msgpack.packb(["uint8", [1 << 20], {"remote": id(PROBE_COOKIE)}, "cpu"])
+                ),
+            }
+        ),
+        "w2c_remote_region_small": bytes([0])
+        + msgpack.packb(
+            {
+                "op": "result",
+                "value": msgpack.ExtType(
+                    Ext.NDARRAY, msgpack.packb(["float64", [4], {"remote": id(PROBE_COOKIE)}, False])
+                ),
+            }
+        ),
         "w2c_not_a_map": bytes([0]) + msgpack.packb([1, 2, 3]),
         "w2c_unknown_op": bytes([0]) + msgpack.packb({"op": "exec", "code": "print(1)"}),
         "c2w_load": framed(TO_WORKER, load),

@@ -683,12 +683,14 @@ class Decoder:
 
     def _read_remote(self, address: int, nbytes: int) -> Any:
         """Pages of our own holding ``nbytes`` read at ``address`` in the peer (its memory is never kept)."""
-        assert self.remote is not None
+        remote = self.remote
+        if remote is None:  # _bytes_of refuses such regions first; kept for readers of this method alone
+            raise CodecError("regions of the peer's memory are not accepted in this direction")
         pages = self.pages.take(nbytes)
         with memoryview(pages) as view:
             landing = np.frombuffer(view, dtype=np.uint8, count=nbytes)
             try:
-                self.remote.read_into(landing.ctypes.data, address, nbytes)
+                remote.read_into(landing.ctypes.data, address, nbytes)
             except RemoteReadError as exc:
                 raise CodecError(str(exc)) from None
             finally:

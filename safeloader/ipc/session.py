@@ -224,7 +224,6 @@ class WorkerSession:
             return
         self._remote = remote
         self.channel.decoder.remote = remote
-        self._transport_sent = False
 
     def _merge_report(self, layers: object) -> SandboxReport:
         by_name = {status.layer: status for status in self.worker.report.layers}
@@ -365,14 +364,16 @@ class WorkerSession:
         if self._pending_release:
             message["release"], self._pending_release = self._pending_release, []
         if not self._transport_sent:
+            # The first request tells the worker how large buffers may come back (a request the worker refuses
+            # before reading it leaves it on the transfer buffer: slower, never unsafe).
             message["transport"] = {"remote_read": self._remote is not None}
-            self._transport_sent = True
         started = time.monotonic()
         deadline = started + timeout_s
         # Time spent in the caller's own callbacks does not count against the worker, but only up to one
         # more timeout: a worker cannot keep a call alive forever by asking for callbacks.
         latest_deadline = started + 2 * timeout_s
         self._send(message, doing, timeout_s=timeout_s)
+        self._transport_sent = True
         while True:
             with self._hostile_data_guard(doing):
                 reply = self._receive(deadline, doing, timeout_s)
