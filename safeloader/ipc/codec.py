@@ -10,6 +10,7 @@ peer names: every extension is rebuilt from an allow list, and every message is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import re
@@ -221,6 +222,23 @@ def _torch_loaded() -> Any:
     import sys
 
     return sys.modules.get("torch")
+
+
+@functools.lru_cache(maxsize=256)
+def _image_row_bytes(mode: str, width: int) -> int:
+    """Bytes of one row of ``width`` pixels in ``mode``, as PIL lays them out (asked once per mode and width)."""
+    from PIL import Image
+
+    return len(Image.new(mode, (width, 1)).tobytes())
+
+
+@functools.lru_cache(maxsize=len(OUTPUT_CLASSES))
+def _output_class(type_name: str) -> Any:
+    """The allow-listed output class named ``type_name`` (its module is imported; see Decoder._output)."""
+    import importlib
+
+    module_name, class_name = OUTPUT_CLASSES[type_name]
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def _pil_image_class() -> Any:
@@ -785,7 +803,7 @@ class Decoder:
         ):
             raise CodecError("an image extension is malformed or its mode is not allowed")
         mode, width, height = payload[0], payload[1], payload[2]
-        expected = len(Image.new(mode, (width, 1)).tobytes()) * height
+        expected = _image_row_bytes(mode, width) * height
         buffer, kind = self._bytes_of(payload[3], expected)
         try:
             # frombytes copies the pixels once into the image's own memory, straight from the inline bytes,
@@ -815,11 +833,8 @@ class Decoder:
         # checks isinstance) has imported it; one that never does should not pay for diffusers in its own
         # process (2.5 s to import, 0.5 s more at exit and hundreds of MiB, measured): the worker holds it.
         if location is not None and location[0].split(".")[0] in sys.modules and _inert_first_field(location[0], first):
-            import importlib
-
             try:
-                output_class = getattr(importlib.import_module(location[0]), location[1])
-                return output_class(**fields)
+                return _output_class(type_name)(**fields)
             except (ImportError, AttributeError, TypeError):
                 pass
         return GenericOutput(type_name, fields)

@@ -44,14 +44,23 @@ def output_fields(value: Any) -> dict[str, Any]:
     return dict(value.items())
 
 
+#: The answer of :func:`is_library_output` per class: the codec asks it for every value that is not plain data.
+_library_output_classes: dict[type, bool] = {}
+
+
 def is_library_output(value: object) -> bool:
     """A diffusers ``BaseOutput`` or a transformers ``ModelOutput`` (found by class, never by its data)."""
-    for klass in type(value).__mro__:
-        if (klass.__name__ == "BaseOutput" and klass.__module__ == "diffusers.utils.outputs") or (
-            klass.__name__ == "ModelOutput" and klass.__module__ == "transformers.utils.generic"
-        ):
-            return True
-    return False
+    kind = type(value)
+    known = _library_output_classes.get(kind)
+    if known is None:
+        known = any(
+            (klass.__name__ == "BaseOutput" and klass.__module__ == "diffusers.utils.outputs")
+            or (klass.__name__ == "ModelOutput" and klass.__module__ == "transformers.utils.generic")
+            for klass in kind.__mro__
+        )
+        if len(_library_output_classes) < 4096:  # classes made on the fly must not grow it without end
+            _library_output_classes[kind] = known
+    return known
 
 
 def collect_generators(value: object, found: list[Any] | None = None, depth: int = 0) -> list[Any]:
