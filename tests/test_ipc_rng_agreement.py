@@ -32,6 +32,11 @@ class RandomPipeline(DiffusionPipeline):
     def constant(self):
         return torch.zeros(2)
 
+    def call_back(self, callback_on_step_end=None):
+        # Draws nothing itself; the caller's callback may.
+        callback_on_step_end(self, 0, 0, {})
+        return torch.zeros(1)
+
     def draw_then_fail(self, count):
         torch.rand(count)
         raise ValueError("after drawing")
@@ -109,3 +114,64 @@ def test_unchanged_state_crosses_as_agreed_and_is_set_back() -> None:
     assert value == 7 and bytes(torch.default_generator.get_state().numpy()) == state
     changed = CallRng.for_call((), {}, nested=False, agreed=b"\x00" * len(state))
     assert changed is not None and changed.message()["global"] == state and changed.agreed == state
+
+
+def test_a_failed_call_that_drew_from_the_agreed_state_is_undone(remote: RemotePipeline) -> None:
+    torch.manual_seed(4)
+    remote.draw(1)  # agreed: the state after one draw from seed 4
+    with pytest.raises(RemoteError):
+        remote.draw_then_fail(6)  # crosses as "agreed", draws in the worker, then fails
+    expected_state = torch.default_generator.get_state()
+    expected = torch.rand(3)
+    torch.default_generator.set_state(expected_state)
+    assert torch.equal(remote.draw(3), expected)
+
+
+def test_without_callbacks_an_agreed_state_is_left_as_the_caller_holds_it() -> None:
+    torch.manual_seed(8)
+    state = bytes(torch.default_generator.get_state().numpy())
+    rng = CallRng.for_call((), {}, nested=False, agreed=state)
+    assert rng is not None and rng.message()["global"] is AGREED
+    torch.rand(2)  # another thread of the caller drew during the call: in-process its draws stay too
+    moved = bytes(torch.default_generator.get_state().numpy())
+    reply = {"value": None, "generators": [], "global": AGREED}
+    rng.apply(reply, lambda problem: AssertionError(problem), callbacks_ran=False)
+    assert bytes(torch.default_generator.get_state().numpy()) == moved and rng.agreed == state
+
+
+def test_a_freshly_seeded_generator_crosses_as_its_seed() -> None:
+    import msgpack
+
+    from safeloader.ipc.codec import Decoder, Encoder, Ext
+
+    def crossed(generator: torch.Generator) -> tuple[list[object], torch.Generator]:
+        body, fds = Encoder().encode({"generator": generator})
+        ext = msgpack.unpackb(body, raw=False)["generator"]
+        assert ext.code == Ext.GENERATOR and not fds
+        return msgpack.unpackb(ext.data, raw=False), Decoder().decode(body, [])["generator"]
+
+    generator = torch.Generator().manual_seed(1234)
+    payload, received = crossed(generator)
+    assert payload[0] == 1234 and payload[2] is None
+    assert torch.equal(received.get_state(), generator.get_state())
+    assert torch.equal(torch.rand(4, generator=received), torch.rand(4, generator=generator))
+    # Once drawn from, the full state crosses, and the receiver continues where the sender stands.
+    payload, received = crossed(generator)
+    assert isinstance(payload[2], bytes)
+    assert torch.equal(torch.rand(4, generator=received), torch.rand(4, generator=generator))
+    generator.manual_seed(99)
+    assert crossed(generator)[0][2] is None
+
+
+def test_a_callbacks_draws_are_undone_as_the_pipelines_agreed_state_says(remote: RemotePipeline) -> None:
+    torch.manual_seed(6)
+    remote.draw(1)
+    agreed = torch.default_generator.get_state()
+
+    def draw_in_callback(pipe: object, step: int, timestep: object, tensors: dict[str, object]) -> dict[str, object]:
+        torch.rand(3)
+        return {}
+
+    remote.call_back(callback_on_step_end=draw_in_callback)
+    # The worker answered "agreed": the caller's generator is set back to it, as sending the state would.
+    assert torch.equal(torch.default_generator.get_state(), agreed)

@@ -10,6 +10,12 @@ The global state is 5 KiB and most calls leave it alone, so each side remembers 
 (the caller's after the previous exchange) and sends ``True`` ("the state we agreed on") instead of the bytes
 when its state is still that one. The worker then sets its generator back to the agreed state, which undoes any
 drift between calls exactly as sending the bytes would; semantics are those of sending the full state each way.
+
+A CPU generator still exactly as ``manual_seed(initial_seed())`` left it (the usual
+``torch.Generator().manual_seed(0)`` of a script) crosses with its seed alone: the receiver seeds a new one,
+which gives the same bytes, checked here against a freshly seeded generator. Each torch call on this path costs
+tens of microseconds once the other process has had the CPU for a pipeline call (measured), so the
+per-call path makes as few as it can.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ __all__ = [
     "CallRng",
     "RngStateError",
     "collect_generators",
+    "crossing_state",
     "generator_state",
     "output_fields",
     "restore_generator",
@@ -88,6 +95,26 @@ def generator_state(generator: Any) -> bytes:
     return bytes(generator.get_state().numpy())
 
 
+#: The state of a freshly seeded CPU generator, by seed (bounded: scripts use a handful of seeds).
+_seeded_states: dict[int, bytes] = {}
+_MAX_SEEDED_STATES = 64
+
+
+def crossing_state(generator: Any) -> bytes | None:
+    """The state ``generator`` crosses with: ``None`` when reseeding it with its initial seed gives the same bytes."""
+    state = generator_state(generator)
+    if generator.device.type != "cpu":
+        return state
+    seed = generator.initial_seed()
+    seeded = _seeded_states.get(seed)
+    if seeded is None:
+        seeded = generator_state(_torch().Generator().manual_seed(seed))
+        if len(_seeded_states) >= _MAX_SEEDED_STATES:
+            _seeded_states.clear()
+        _seeded_states[seed] = seeded
+    return None if state == seeded else state
+
+
 #: One scratch generator per device: every received state is tried on it before a real generator is set.
 _scratch: dict[str, tuple[Any, int]] = {}
 
@@ -128,7 +155,10 @@ def checked_state(state: object, device: str) -> Any:
 
 
 def restore_generator(seed: int, source_device: str, state: object, target_device: str) -> Any:
-    """A generator on ``target_device`` with ``state`` when it was saved on the same kind of device, else seeded."""
+    """A generator on ``target_device`` with ``state`` when it was saved on the same kind of device, else seeded.
+
+    ``state`` is ``None`` for a generator that crossed with its seed alone (see :func:`crossing_state`).
+    """
     torch = _torch()
     generator = torch.Generator(device=target_device)
     if state is not None and source_device.split(":")[0] == target_device.split(":")[0]:
@@ -178,8 +208,12 @@ class CallRng:
                 global_state, self.agreed = current, current
         return {"generators": len(self.generators), "global": global_state}
 
-    def apply(self, reply: object, fail: Callable[[str], BaseException]) -> Any:
-        """Check the worker's states, then set the caller's generators to them; returns the call's value."""
+    def apply(self, reply: object, fail: Callable[[str], BaseException], *, callbacks_ran: bool = True) -> Any:
+        """Check the worker's states, then set the caller's generators to them; returns the call's value.
+
+        ``callbacks_ran=False`` says no code of the caller ran during the call: an agreed global state then
+        needs no setting, the caller's still holds it.
+        """
         torch = _torch()
         if not isinstance(reply, dict) or set(reply) != {"value", "generators", "global"}:
             raise fail("a call's reply does not carry the generator states it must")
@@ -195,7 +229,7 @@ class CallRng:
             if self.carry_global:
                 # The worker answers AGREED when the call left its state where it was set: the agreed one.
                 if reply["global"] is AGREED and self.agreed is not None:
-                    global_state = checked_state(self.agreed, "cpu")
+                    global_state = checked_state(self.agreed, "cpu") if callbacks_ran else None
                 else:
                     global_state = checked_state(reply["global"], "cpu")
                     self.agreed = reply["global"]
@@ -207,7 +241,7 @@ class CallRng:
             if state is not None:
                 generator.set_state(state)
         if global_state is not None:
-            # Also when the worker's state is unchanged: the caller's own callbacks may have drawn from it
-            # during the call, and in-process the pipeline's draws are what the caller's generator holds after.
+            # Also when the worker's state is unchanged, if the caller's own callbacks ran: they may have drawn
+            # from it during the call, and in-process the pipeline's draws are what the generator holds after.
             torch.default_generator.set_state(global_state)
         return reply["value"]

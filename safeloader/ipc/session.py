@@ -147,6 +147,9 @@ class WorkerSession:
         self._call_depth = 0
         #: The global RNG state caller and worker agreed on after the last top-level call (see ipc.rng).
         self._agreed_global: bytes | None = None
+        #: Callbacks of the caller run so far in this session: a call during which none ran left the caller's
+        #: global RNG where it was (see CallRng.apply).
+        self._callbacks_run = 0
         # One reply may announce at most max_result_mb of arrays, tensors, images and strings: checked
         # before the caller maps or copies any of it.
         reply_limits = dataclasses.replace(DEFAULT_LIMITS, max_total_bytes=policy.sandbox.max_result_mb * 1024 * 1024)
@@ -488,6 +491,7 @@ class WorkerSession:
         self._bars.clear()
 
     def _run_callback(self, message: dict[str, Any], doing: str) -> None:
+        self._callbacks_run += 1
         callback_id = message.get("callback")
         callback = self._callbacks.get(callback_id) if isinstance(callback_id, int) else None
         if callback is None:
@@ -550,6 +554,7 @@ class WorkerSession:
             rng = CallRng.for_call(args, arguments, nested=self._call_depth > 0, agreed=self._agreed_global)
             if rng is not None:
                 message["rng"] = rng.message()
+            callbacks_before = self._callbacks_run
             self._call_depth += 1
             try:
                 reply = self.request(message, timeout_s=self.policy.sandbox.call_timeout_s, doing=label)
@@ -559,7 +564,11 @@ class WorkerSession:
                     self._callbacks.pop(callback_id, None)
             if rng is None:
                 return reply
-            value = rng.apply(reply, lambda problem: self._violation(problem, label))
+            value = rng.apply(
+                reply,
+                lambda problem: self._violation(problem, label),
+                callbacks_ran=self._callbacks_run != callbacks_before,
+            )
             if rng.carry_global:
                 self._agreed_global = rng.agreed
             return value

@@ -79,6 +79,10 @@ class Worker:
         self.model_dir: Path | None = None
         #: The global CPU RNG state both sides agreed on after the last call, as bytes and as a checked tensor.
         self.agreed_global: tuple[bytes, Any] | None = None
+        #: Requests handled so far, and their count when the global state was last agreed: when the agreeing
+        #: call was the last request, nothing has drawn from the generator since and it need not be set again.
+        self.requests_handled = 0
+        self.agreed_after_request = -1
         self.channel = Channel(
             sock,
             Encoder(fallback=self._encode_handle, transfer_max=TRANSFER_MAX_BYTES),
@@ -231,6 +235,7 @@ class Worker:
 
     # requests -----------------------------------------------------------------------------------------
     def handle(self, request: dict[str, Any]) -> Any:
+        self.requests_handled += 1
         op = request["op"]
         self.release(request.get("release"))
         transport = request.get("transport")
@@ -349,6 +354,7 @@ class Worker:
         # What both sides agree on for this call; kept for the next one only when the call succeeds, as the
         # caller keeps it only then.
         agreed = self.agreed_global
+        untouched = carried is AGREED and self.agreed_after_request == self.requests_handled - 1
         if carried is AGREED:
             # The caller's state is the one agreed after the last call: undo any drift since (see ipc.rng).
             if agreed is None:
@@ -358,7 +364,7 @@ class Worker:
                 agreed = (carried, checked_state(carried, "cpu"))
             except RngStateError as exc:
                 raise Refused(str(exc)) from None
-        if carried is not None and agreed is not None:
+        if carried is not None and agreed is not None and not untouched:
             torch.default_generator.set_state(agreed[1])
         value = self.invoke(request)
         global_after: bytes | bool | None = None
@@ -369,6 +375,7 @@ class Worker:
             else:
                 global_after, agreed = state, (state, checked_state(state, "cpu"))
             self.agreed_global = agreed
+            self.agreed_after_request = self.requests_handled
         return {
             "value": value,
             # None when the generator lives on another kind of device than the caller's (no common state).
