@@ -4,19 +4,24 @@ diffusers' and transformers' dynamic-module loaders (with every alias ``from x i
 transformers' ``resolve_trust_remote_code`` (its stdin prompt), ``from_single_file``'s import of a library named
 by a config folder, and ``ModularPipeline.load_components`` turning a refusal into a warning. Each refusal is a
 :class:`RemoteCodeNotTrusted` naming the call the user made and the safeloader route to use instead.
+
+Unpickling runs code too: diffusers' ``load_state_dict`` (behind ``from_single_file``, a model's
+``from_pretrained``, LoRA, textual-inversion and IP-Adapter loads on in-process objects) refuses a pickle
+checkpoint with :class:`PickleWeightsRefused` unless the policy's ``[weights] allow_pickle`` says otherwise.
 Everything replaced is recorded in :data:`saved` so that :func:`restore` puts it back exactly.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from safeloader._compat.diffusers_internals import DYNAMIC_LOADER_HOLDERS, DYNAMIC_LOADER_MODULE, DYNAMIC_LOADER_NAMES
-from safeloader.errors import RemoteCodeNotTrusted
+from safeloader.errors import PickleWeightsRefused, RemoteCodeNotTrusted
 
 #: (object, attribute name, original value) for everything replaced, in order.
 saved: list[tuple[Any, str, Any]] = []
@@ -168,6 +173,29 @@ def _checked_single_file_sub_model(original: Callable[..., Any]) -> Callable[...
     return load_single_file_sub_model
 
 
+def _pickle_gated_load_state_dict(original: Callable[..., Any], allow_pickle: Callable[[], bool]) -> Callable[..., Any]:
+    """diffusers' ``load_state_dict``, refusing a checkpoint it would unpickle unless ``allow_pickle()``."""
+
+    def load_state_dict(checkpoint_file: Any, *args: Any, **kwargs: Any) -> Any:
+        # The same test diffusers makes to choose safetensors, GGUF or torch.load (an already loaded dict passes).
+        if not isinstance(checkpoint_file, dict) and not allow_pickle():
+            name = os.path.basename(os.fspath(checkpoint_file))
+            if name.split(".")[-1] not in ("safetensors", "gguf"):
+                call, _route = calling_entry()
+                error = PickleWeightsRefused(
+                    f"{call} would unpickle the checkpoint {name!r} in this process while safeloader is installed, "
+                    "and the policy's [weights] allow_pickle is false; convert it to safetensors, or set "
+                    "[weights] allow_pickle = true."
+                )
+                collected = getattr(_swallowed, "refusals", None)
+                if collected is not None:
+                    collected.append(error)
+                raise error
+        return original(checkpoint_file, *args, **kwargs)
+
+    return load_state_dict
+
+
 def replace(owner: Any, name: str, replacement: Any) -> None:
     """Set ``owner.name`` to ``replacement``, remembering the original for :func:`restore`."""
     original = getattr(owner, name)
@@ -206,7 +234,8 @@ def _close_loaders(module_name: str, names: tuple[str, ...], refuser: Callable[.
     return count
 
 
-def close_diffusers(closed: list[str]) -> None:
+def close_diffusers(closed: list[str], allow_pickle: Callable[[], bool]) -> None:
+    """Close diffusers' in-process code loaders; ``allow_pickle()`` is asked at each checkpoint load."""
     for module_name in _DIFFUSERS_ALIAS_HOLDERS:
         try:
             importlib.import_module(module_name)
@@ -218,6 +247,14 @@ def close_diffusers(closed: list[str]) -> None:
     original = single_file.load_single_file_sub_model
     replace(single_file, "load_single_file_sub_model", _checked_single_file_sub_model(original))
     closed.append("from_single_file importing a library named by model_index.json other than diffusers'")
+    loading = importlib.import_module("diffusers.models.model_loading_utils")
+    count = _replace_everywhere(
+        "diffusers", loading.load_state_dict, _pickle_gated_load_state_dict(loading.load_state_dict, allow_pickle)
+    )
+    closed.append(
+        f"diffusers' load_state_dict unpickling a checkpoint ({count} reference(s)), "
+        "unless the policy's [weights] allow_pickle"
+    )
     modular = importlib.import_module("diffusers.modular_pipelines.modular_pipeline")
     replace(modular.ModularPipeline, "load_components", _loud_load_components(modular.ModularPipeline.load_components))
 

@@ -4,7 +4,8 @@
 ``AutoModel.from_pretrained`` and the modular ``from_pretrained``s with safeloader's loaders, makes
 ``SomePipeline(**pipe.components)`` with sandboxed components build the pipeline in their worker, and closes
 every in-process loader of repository code (:mod:`safeloader.closed_loaders`: diffusers' and transformers'
-dynamic-module loaders, transformers' ``trust_remote_code`` prompt, ``from_single_file``'s library import).
+dynamic-module loaders, transformers' ``trust_remote_code`` prompt, ``from_single_file``'s library import,
+and diffusers' unpickling of checkpoints unless ``[weights] allow_pickle``).
 Whatever path reaches one of them — known or not — is refused with an error naming the call and the safeloader
 route to use, so nothing foreign runs in the caller while safeloader is installed. ``uninstall()`` restores
 diffusers and transformers (only a pass-through ``DiffusionPipeline.__new__`` stays, see :func:`install`).
@@ -204,7 +205,7 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> InstallRep
             if pipeline_cls.__dict__.get("__new__") is not _routed_new_entry:
                 pipeline_cls.__new__ = _routed_new_entry  # type: ignore[method-assign]
             report.routed.append("diffusers pipeline constructors given sandboxed components")
-            closed_loaders.close_diffusers(report.closed)
+            closed_loaders.close_diffusers(report.closed, _allow_pickle)
             closed_loaders.close_transformers(report.closed)
         except BaseException:
             _restore()
@@ -212,6 +213,11 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> InstallRep
         _report = report
         logger.info("%s", report.format_text())
         return report
+
+
+def _allow_pickle() -> bool:
+    """The installed policy's ``[weights] allow_pickle``, read at each in-process checkpoint load."""
+    return _policy is not None and _policy.weights.allow_pickle
 
 
 def _restore() -> None:
