@@ -127,6 +127,9 @@ def test_a_worker_that_stops_reading_cannot_block_the_caller(tmp_path: Path) -> 
     "mode",
     [
         "generator_state_wrong_size",
+        "generator_state_invalid",
+        "generator_state_empty",
+        "generator_state_invalid_beside_global",
         "generator_state_wrong_type",
         "global_state_as_tensor",
         "generator_states_missing",

@@ -25,7 +25,7 @@ import numpy as np
 from safeloader.ipc import library_objects
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
 from safeloader.ipc.remote_read import RemoteMemory, RemoteReadError
-from safeloader.ipc.rng import crossing_state, is_library_output, output_fields, restore_generator
+from safeloader.ipc.rng import crossing_payload, is_library_output, output_fields, restore_generator
 from safeloader.ipc.shm import (
     PARALLEL_COPY_BYTES,
     ReceivedPages,
@@ -426,7 +426,7 @@ class Encoder:
                 # The full state crosses (None: reseed, see ipc.rng); the slot lets the receiver keep one
                 # generator passed twice as one.
                 slot = self._generator_slots.setdefault(id(value), len(self._generator_slots))
-                payload = [value.initial_seed(), str(value.device), crossing_state(value), slot]
+                payload = [*crossing_payload(value), slot]
                 return msgpack.ExtType(Ext.GENERATOR, self._pack(payload))
             if isinstance(value, torch.dtype):
                 return msgpack.ExtType(Ext.DTYPE, self._pack(str(value).removeprefix("torch.")))

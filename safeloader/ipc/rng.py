@@ -29,7 +29,7 @@ __all__ = [
     "CallRng",
     "RngStateError",
     "collect_generators",
-    "crossing_state",
+    "crossing_payload",
     "generator_state",
     "output_fields",
     "restore_generator",
@@ -50,6 +50,9 @@ def output_fields(value: Any) -> dict[str, Any]:
         return {field.name: getattr(value, field.name, None) for field in dataclasses.fields(value)}
     return dict(value.items())
 
+
+#: Values that hold no generator, tested first (see collect_generators).
+_SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
 
 #: The answer of :func:`is_library_output` per class: the codec asks it for every value that is not plain data.
 _library_output_classes: dict[type, bool] = {}
@@ -74,7 +77,8 @@ def collect_generators(value: object, found: list[Any] | None = None, depth: int
     """The generators in ``value`` in the order the encoder meets them (each once), which is their slot order."""
     found = [] if found is None else found
     torch = _torch()
-    if torch is None or depth > 64:
+    if torch is None or depth > 64 or type(value) in _SCALARS:
+        # Scalars first: torch.Generator's isinstance check runs Python code for every miss.
         return found
     if isinstance(value, torch.Generator):
         if not any(known is value for known in found):
@@ -100,19 +104,18 @@ _seeded_states: dict[int, bytes] = {}
 _MAX_SEEDED_STATES = 64
 
 
-def crossing_state(generator: Any) -> bytes | None:
-    """The state ``generator`` crosses with: ``None`` when reseeding it with its initial seed gives the same bytes."""
-    state = generator_state(generator)
-    if generator.device.type != "cpu":
-        return state
-    seed = generator.initial_seed()
+def crossing_payload(generator: Any) -> tuple[int, str, bytes | None]:
+    """``(seed, device, state)`` for ``generator`` to cross with; the state is ``None`` when reseeding gives it."""
+    seed, device, state = generator.initial_seed(), str(generator.device), generator_state(generator)
+    if device != "cpu":
+        return seed, device, state
     seeded = _seeded_states.get(seed)
     if seeded is None:
         seeded = generator_state(_torch().Generator().manual_seed(seed))
         if len(_seeded_states) >= _MAX_SEEDED_STATES:
             _seeded_states.clear()
         _seeded_states[seed] = seeded
-    return None if state == seeded else state
+    return seed, device, None if state == seeded else state
 
 
 #: One scratch generator per device: every received state is tried on it before a real generator is set.
@@ -157,7 +160,7 @@ def checked_state(state: object, device: str) -> Any:
 def restore_generator(seed: int, source_device: str, state: object, target_device: str) -> Any:
     """A generator on ``target_device`` with ``state`` when it was saved on the same kind of device, else seeded.
 
-    ``state`` is ``None`` for a generator that crossed with its seed alone (see :func:`crossing_state`).
+    ``state`` is ``None`` for a generator that crossed with its seed alone (see :func:`crossing_payload`).
     """
     torch = _torch()
     generator = torch.Generator(device=target_device)

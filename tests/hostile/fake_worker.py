@@ -94,6 +94,17 @@ elif mode == "unhashable_callback":
 elif mode == "generator_state_wrong_size":
     # A call that carried one generator: its "advanced state" is 10 bytes, not a CPU generator's 5056.
     frame({"op": "result", "value": {"value": 1, "generators": [b"\x00" * 10], "global": b"\x00" * 5056}})
+elif mode == "generator_state_invalid":
+    # The one state of the reply (the global one is "agreed"): the right size, but no mt19937 state.
+    frame({"op": "result", "value": {"value": 1, "generators": [b"\xff" * 5056], "global": True}})
+elif mode == "generator_state_empty":
+    frame({"op": "result", "value": {"value": 1, "generators": [b""], "global": True}})
+elif mode == "generator_state_invalid_beside_global":
+    # Two states: a valid new global one and an invalid generator state; neither may be set.
+    import torch
+
+    valid = bytes(torch.Generator().manual_seed(9).get_state().numpy())
+    frame({"op": "result", "value": {"value": 1, "generators": [b"\xff" * 5056], "global": valid}})
 elif mode == "generator_state_wrong_type":
     frame({"op": "result", "value": {"value": 1, "generators": ["state"], "global": None}})
 elif mode == "global_state_as_tensor":
