@@ -5,7 +5,8 @@
 
 Each ``bench_*.py`` prints its own detail and, last, one JSON line tagged ``"bench"``; this script runs
 them one after another (never in parallel: they measure time) and assembles the rows. Baselines are
-measured in the same run: in-process diffusers, bandit, ``ast.parse``, ``memcpy`` and ``pickle``.
+measured in the same run: in-process diffusers, bandit, ``ast.parse``, ``memcpy``, ``pickle`` and, for the
+proxy call, a bare two-process loop on the same pipeline.
 """
 
 from __future__ import annotations
