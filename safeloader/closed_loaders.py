@@ -6,8 +6,9 @@ by a config folder, and ``ModularPipeline.load_components`` turning a refusal in
 :class:`RemoteCodeNotTrusted` naming the call the user made and the safeloader route to use instead.
 
 Unpickling runs code too: diffusers' ``load_state_dict`` (behind ``from_single_file``, a model's
-``from_pretrained``, LoRA, textual-inversion and IP-Adapter loads on in-process objects) refuses a pickle
-checkpoint with :class:`PickleWeightsRefused` unless the policy's ``[weights] allow_pickle`` says otherwise.
+``from_pretrained``, LoRA, textual-inversion and IP-Adapter loads on in-process objects) and transformers' (a
+model's ``from_pretrained`` in-process) refuse a pickle checkpoint with :class:`PickleWeightsRefused` unless the
+policy's ``[weights] allow_pickle`` says otherwise.
 Everything replaced is recorded in :data:`saved` so that :func:`restore` puts it back exactly.
 """
 
@@ -173,14 +174,27 @@ def _checked_single_file_sub_model(original: Callable[..., Any]) -> Callable[...
     return load_single_file_sub_model
 
 
-def _pickle_gated_load_state_dict(original: Callable[..., Any], allow_pickle: Callable[[], bool]) -> Callable[..., Any]:
-    """diffusers' ``load_state_dict``, refusing a checkpoint it would unpickle unless ``allow_pickle()``."""
+def _diffusers_unpickles(path: str) -> bool:
+    # The test diffusers' load_state_dict makes to choose safetensors, GGUF or torch.load.
+    return os.path.basename(path).split(".")[-1] not in ("safetensors", "gguf")
+
+
+def _transformers_unpickles(path: str) -> bool:
+    # The test transformers' load_state_dict makes to choose safetensors or torch.load.
+    return not path.endswith(".safetensors")
+
+
+def _pickle_gated_load_state_dict(
+    original: Callable[..., Any], allow_pickle: Callable[[], bool], unpickles: Callable[[str], bool]
+) -> Callable[..., Any]:
+    """A library's ``load_state_dict``, refusing a checkpoint it would unpickle unless ``allow_pickle()``."""
 
     def load_state_dict(checkpoint_file: Any, *args: Any, **kwargs: Any) -> Any:
-        # The same test diffusers makes to choose safetensors, GGUF or torch.load (an already loaded dict passes).
+        # An already loaded dict passes (diffusers accepts one).
         if not isinstance(checkpoint_file, dict) and not allow_pickle():
-            name = os.path.basename(os.fspath(checkpoint_file))
-            if name.split(".")[-1] not in ("safetensors", "gguf"):
+            path = os.fspath(checkpoint_file)
+            name = os.path.basename(path)
+            if unpickles(path):
                 call, _route = calling_entry()
                 error = PickleWeightsRefused(
                     f"{call} would unpickle the checkpoint {name!r} in this process while safeloader is installed, "
@@ -248,9 +262,8 @@ def close_diffusers(closed: list[str], allow_pickle: Callable[[], bool]) -> None
     replace(single_file, "load_single_file_sub_model", _checked_single_file_sub_model(original))
     closed.append("from_single_file importing a library named by model_index.json other than diffusers'")
     loading = importlib.import_module("diffusers.models.model_loading_utils")
-    count = _replace_everywhere(
-        "diffusers", loading.load_state_dict, _pickle_gated_load_state_dict(loading.load_state_dict, allow_pickle)
-    )
+    gated = _pickle_gated_load_state_dict(loading.load_state_dict, allow_pickle, _diffusers_unpickles)
+    count = _replace_everywhere("diffusers", loading.load_state_dict, gated)
     closed.append(
         f"diffusers' load_state_dict unpickling a checkpoint ({count} reference(s)), "
         "unless the policy's [weights] allow_pickle"
@@ -259,7 +272,8 @@ def close_diffusers(closed: list[str], allow_pickle: Callable[[], bool]) -> None
     replace(modular.ModularPipeline, "load_components", _loud_load_components(modular.ModularPipeline.load_components))
 
 
-def close_transformers(closed: list[str]) -> None:
+def close_transformers(closed: list[str], allow_pickle: Callable[[], bool]) -> None:
+    """Close transformers' in-process code loaders; ``allow_pickle()`` is asked at each checkpoint load."""
     try:
         dynamic = importlib.import_module("transformers.dynamic_module_utils")
     except ImportError:
@@ -272,6 +286,13 @@ def close_transformers(closed: list[str]) -> None:
     closed.append(
         f"transformers' dynamic-module loader and its trust_remote_code prompt ({count} reference(s)); "
         "no prompt is ever shown"
+    )
+    modeling = importlib.import_module("transformers.modeling_utils")
+    gated = _pickle_gated_load_state_dict(modeling.load_state_dict, allow_pickle, _transformers_unpickles)
+    count = _replace_everywhere("transformers", modeling.load_state_dict, gated)
+    closed.append(
+        f"transformers' load_state_dict unpickling a checkpoint ({count} reference(s)), "
+        "unless the policy's [weights] allow_pickle"
     )
 
 

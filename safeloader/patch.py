@@ -5,7 +5,7 @@
 ``SomePipeline(**pipe.components)`` with sandboxed components build the pipeline in their worker, and closes
 every in-process loader of repository code (:mod:`safeloader.closed_loaders`: diffusers' and transformers'
 dynamic-module loaders, transformers' ``trust_remote_code`` prompt, ``from_single_file``'s library import,
-and diffusers' unpickling of checkpoints unless ``[weights] allow_pickle``).
+and diffusers' and transformers' unpickling of checkpoints unless ``[weights] allow_pickle``).
 Whatever path reaches one of them — known or not — is refused with an error naming the call and the safeloader
 route to use, so nothing foreign runs in the caller while safeloader is installed. ``uninstall()`` restores
 diffusers and transformers (only a pass-through ``DiffusionPipeline.__new__`` stays, see :func:`install`).
@@ -206,7 +206,7 @@ def install(policy: str | os.PathLike[str] | Policy | None = None) -> InstallRep
                 pipeline_cls.__new__ = _routed_new_entry  # type: ignore[method-assign]
             report.routed.append("diffusers pipeline constructors given sandboxed components")
             closed_loaders.close_diffusers(report.closed, _allow_pickle)
-            closed_loaders.close_transformers(report.closed)
+            closed_loaders.close_transformers(report.closed, _allow_pickle)
         except BaseException:
             _restore()
             raise

@@ -1,4 +1,5 @@
-"""Under ``safeloader.install()`` diffusers unpickles no checkpoint in the caller unless ``[weights] allow_pickle``.
+"""Under ``safeloader.install()`` diffusers and transformers unpickle no checkpoint in the caller unless
+``[weights] allow_pickle``.
 
 ``from_single_file`` and a model's own ``from_pretrained`` load in-process (they take data, not code), but a
 pickle checkpoint runs code when it is loaded. The checkpoints here are real ``torch.save`` files, and one is a
@@ -76,6 +77,21 @@ def test_a_single_file_pickle_that_runs_a_command_is_refused_before_unpickling(
         else:
             UNet2DConditionModel.from_single_file(str(checkpoint), config=str(tiny_sd_dir), subfolder="unet")
     assert not marker.exists()
+
+
+def test_a_transformers_models_pickle_weights_are_refused_in_the_caller(
+    installed: None, tiny_sd_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import CLIPTextModel
+
+    folder = tmp_path / "text-encoder-bin"
+    folder.mkdir()
+    shutil.copy(tiny_sd_dir / "text_encoder" / "config.json", folder / "config.json")
+    torch.save(load_file(str(tiny_sd_dir / "text_encoder" / "model.safetensors")), folder / "pytorch_model.bin")
+    with pytest.raises(PickleWeightsRefused, match=r"pytorch_model\.bin"):
+        CLIPTextModel.from_pretrained(folder)
+    # The safetensors the folder was made from still load in-process.
+    assert CLIPTextModel.from_pretrained(tiny_sd_dir / "text_encoder") is not None
 
 
 def test_allow_pickle_loads_them_and_uninstall_restores_diffusers(pickle_unet: Path, tiny_model_dir: Path) -> None:
