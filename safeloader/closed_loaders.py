@@ -210,6 +210,20 @@ def _pickle_gated_load_state_dict(
     return load_state_dict
 
 
+def _gate_pickle_loads(
+    module_name: str, unpickles: Callable[[str], bool], allow_pickle: Callable[[], bool], closed: list[str]
+) -> None:
+    """Replace ``module_name.load_state_dict`` and its aliases in the library with the pickle-gated one."""
+    original = importlib.import_module(module_name).load_state_dict
+    library = module_name.split(".")[0]
+    gated = _pickle_gated_load_state_dict(original, allow_pickle, unpickles)
+    count = _replace_everywhere(library, original, gated)
+    closed.append(
+        f"{library}' load_state_dict unpickling a checkpoint ({count} reference(s)), "
+        "unless the policy's [weights] allow_pickle"
+    )
+
+
 def replace(owner: Any, name: str, replacement: Any) -> None:
     """Set ``owner.name`` to ``replacement``, remembering the original for :func:`restore`."""
     original = getattr(owner, name)
@@ -261,13 +275,7 @@ def close_diffusers(closed: list[str], allow_pickle: Callable[[], bool]) -> None
     original = single_file.load_single_file_sub_model
     replace(single_file, "load_single_file_sub_model", _checked_single_file_sub_model(original))
     closed.append("from_single_file importing a library named by model_index.json other than diffusers'")
-    loading = importlib.import_module("diffusers.models.model_loading_utils")
-    gated = _pickle_gated_load_state_dict(loading.load_state_dict, allow_pickle, _diffusers_unpickles)
-    count = _replace_everywhere("diffusers", loading.load_state_dict, gated)
-    closed.append(
-        f"diffusers' load_state_dict unpickling a checkpoint ({count} reference(s)), "
-        "unless the policy's [weights] allow_pickle"
-    )
+    _gate_pickle_loads("diffusers.models.model_loading_utils", _diffusers_unpickles, allow_pickle, closed)
     modular = importlib.import_module("diffusers.modular_pipelines.modular_pipeline")
     replace(modular.ModularPipeline, "load_components", _loud_load_components(modular.ModularPipeline.load_components))
 
@@ -287,13 +295,7 @@ def close_transformers(closed: list[str], allow_pickle: Callable[[], bool]) -> N
         f"transformers' dynamic-module loader and its trust_remote_code prompt ({count} reference(s)); "
         "no prompt is ever shown"
     )
-    modeling = importlib.import_module("transformers.modeling_utils")
-    gated = _pickle_gated_load_state_dict(modeling.load_state_dict, allow_pickle, _transformers_unpickles)
-    count = _replace_everywhere("transformers", modeling.load_state_dict, gated)
-    closed.append(
-        f"transformers' load_state_dict unpickling a checkpoint ({count} reference(s)), "
-        "unless the policy's [weights] allow_pickle"
-    )
+    _gate_pickle_loads("transformers.modeling_utils", _transformers_unpickles, allow_pickle, closed)
 
 
 def restore() -> None:
