@@ -148,15 +148,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> dict[
     processors = {}
     for name in unet.attn_processors:
         cross = None if name.endswith("attn1.processor") else unet.config.cross_attention_dim
-        channels = list(unet.config.block_out_channels)
-        if name.startswith("up_blocks"):
-            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
-        elif name.startswith("down_blocks"):
-            hidden = channels[int(name[len("down_blocks.")])]
-        else:
-            hidden = channels[-1]
         processors[name] = CustomDiffusionAttnProcessor(
-            train_kv=True, train_q_out=False, hidden_size=hidden, cross_attention_dim=cross
+            train_kv=True, train_q_out=False, hidden_size=attention_width(unet, name), cross_attention_dim=cross
         )
     unet.set_attn_processor(processors)
     unet.save_attn_procs(root / "cd", safe_serialization=True)
@@ -181,6 +174,16 @@ def assets(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> dict[
 IP_EMBED_DIM = 8
 
 
+def attention_width(unet: Any, processor_name: str) -> int:
+    """The hidden size of the UNet block that holds the attention processor ``processor_name``."""
+    channels = list(unet.config.block_out_channels)
+    if processor_name.startswith("up_blocks"):
+        return int(list(reversed(channels))[int(processor_name[len("up_blocks.")])])
+    if processor_name.startswith("down_blocks"):
+        return int(channels[int(processor_name[len("down_blocks.")])])
+    return int(channels[-1])
+
+
 def tiny_ip_adapter(unet: Any, *, image_embed_dim: int) -> dict[str, torch.Tensor]:
     """IP-Adapter weights for the tiny UNet in diffusers' single-file layout: an ``ImageProjection`` into 4
     tokens and a key/value projection per cross-attention layer, numbered as diffusers numbers them (1, 3, …)."""
@@ -192,17 +195,11 @@ def tiny_ip_adapter(unet: Any, *, image_embed_dim: int) -> dict[str, torch.Tenso
         "image_proj.norm.weight": torch.ones(cross),
         "image_proj.norm.bias": torch.zeros(cross),
     }
-    channels = list(unet.config.block_out_channels)
     key_id = 1
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
             continue
-        if name.startswith("up_blocks"):
-            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
-        elif name.startswith("down_blocks"):
-            hidden = channels[int(name[len("down_blocks.")])]
-        else:
-            hidden = channels[-1]
+        hidden = attention_width(unet, name)
         weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=generator)
         weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=generator)
         key_id += 2
