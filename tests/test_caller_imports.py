@@ -83,3 +83,72 @@ def test_generic_outputs_treat_none_fields_as_diffusers_does() -> None:
     assert output.to_tuple() == ([1],) and output[0] == [1]
     with pytest.raises(AttributeError):
         _ = output.missing  # not a field at all
+
+
+EARLY_SCRIPT = """
+import json, sys, threading
+import numpy as np
+from safeloader import DiffusionPipeline
+from safeloader.ipc.session import WorkerSession
+
+torch_before = "torch" in sys.modules
+started = WorkerSession.start.__func__
+importing = []
+
+
+def start_and_look(cls, *args, **kwargs):
+    session = started(cls, *args, **kwargs)
+    importing.append(any(thread.name == "safeloader-import-torch" for thread in threading.enumerate()))
+    return session
+
+
+WorkerSession.start = classmethod(start_and_look)
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1])
+import torch
+
+pipe.set_progress_bar_config(disable=True)
+out = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np")
+np.save(sys.argv[2], out.images)
+print(json.dumps({"torch_before": torch_before, "importing_beside_worker": importing}))
+pipe.close()
+"""
+
+
+def test_torch_is_imported_beside_the_worker_when_the_script_has_not(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A script that loads before importing torch: the caller imports torch while the worker imports its libraries
+    # (the load's reply holds torch objects), and the results are those of in-process diffusers.
+    images_path = tmp_path / "images.npy"
+    result = subprocess.run(
+        [sys.executable, "-c", EARLY_SCRIPT, str(tiny_model_dir), str(images_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts == {"torch_before": False, "importing_beside_worker": [True]}
+    assert np.array_equal(np.load(images_path), _in_process(tiny_model_dir))
+
+
+WAIT_SCRIPT = """
+import json, sys, time
+from safeloader.ipc import torch_import
+
+torch_import.start_beside_worker()
+deadline = time.monotonic() + 120
+while "torch" not in sys.modules and time.monotonic() < deadline:
+    time.sleep(0.0002)
+half_done = bool(getattr(sys.modules["torch"].__spec__, "_initializing", False))
+module = torch_import.loaded()
+complete = not getattr(module.__spec__, "_initializing", False) and hasattr(module, "Generator")
+torch_import.start_beside_worker()  # torch is imported now: no second thread
+print(json.dumps({"half_done": half_done, "complete": complete, "threads": torch_import._pending is not None}))
+"""
+
+
+def test_code_asking_for_torch_waits_for_the_background_import() -> None:
+    # While the import runs, sys.modules holds a half-initialised torch; the codec and RNG code must never see it.
+    result = subprocess.run(
+        [sys.executable, "-c", WAIT_SCRIPT], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"half_done": True, "complete": True, "threads": False}

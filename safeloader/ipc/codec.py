@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from safeloader.ipc import library_objects
+from safeloader.ipc import library_objects, torch_import
 from safeloader.ipc.limits import DEFAULT_LIMITS, Limits
 from safeloader.ipc.remote_read import RemoteMemory, RemoteReadError
 from safeloader.ipc.rng import crossing_payload, is_library_output, output_fields, restore_generator
@@ -218,10 +218,8 @@ def _torch_dtype_name(dtype: Any) -> str:
     return name
 
 
-def _torch_loaded() -> Any:
-    import sys
-
-    return sys.modules.get("torch")
+#: torch if the caller has imported it (never imports it; waits for safeloader's own background import).
+_torch_loaded = torch_import.loaded
 
 
 @functools.lru_cache(maxsize=256)

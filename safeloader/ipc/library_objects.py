@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
+from safeloader.ipc import torch_import
+
 __all__ = [
     "LibraryObjectRefused",
     "frozen_dict",
@@ -77,7 +79,7 @@ def _public_in(namespace: Any, klass: type) -> bool:
 
 
 def _is_module(value: object) -> bool:
-    torch = sys.modules.get("torch")
+    torch = torch_import.loaded()
     return torch is not None and isinstance(value, torch.nn.Module)
 
 

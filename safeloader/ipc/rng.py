@@ -21,9 +21,10 @@ per-call path makes as few as it can.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from safeloader.ipc import torch_import
 
 __all__ = [
     "CallRng",
@@ -40,8 +41,8 @@ class RngStateError(ValueError):
     """A generator state from the other side is malformed."""
 
 
-def _torch() -> Any:
-    return sys.modules.get("torch")
+#: torch if the caller has imported it: a script without torch has no generators to carry.
+_torch = torch_import.loaded
 
 
 def output_fields(value: Any) -> dict[str, Any]:

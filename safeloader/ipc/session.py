@@ -32,7 +32,7 @@ from safeloader.errors import (
     WorkerCrashed,
     WorkerTimeout,
 )
-from safeloader.ipc import protocol
+from safeloader.ipc import protocol, torch_import
 from safeloader.ipc.channel import Channel
 from safeloader.ipc.codec import (
     CodecError,
@@ -183,6 +183,9 @@ class WorkerSession:
         """
         spawn = spawner if spawner is not None else _default_spawner()
         worker = spawn(policy.sandbox, model_dir=Path(model_dir))
+        # After the spawn, never before: the launcher is forked without this thread. The worker's first reply
+        # holds torch objects, so a script that has not imported torch would otherwise import it only then.
+        torch_import.start_beside_worker()
         session = cls(worker, policy)
         if wait:
             session.wait_until_ready()
