@@ -148,7 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=11, help="calls per block")
     parser.add_argument("--rounds", type=int, default=11, help="rounds of one block per side")
-    parser.add_argument("--cold-repeats", type=int, default=5, help="counted rounds of fresh processes")
+    parser.add_argument("--cold-repeats", type=int, default=7, help="counted rounds of fresh processes")
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/safeloader-bench-model"))
     args = parser.parse_args()
     if not (args.model_dir / "model_index.json").exists():
