@@ -242,12 +242,18 @@ def caller_decodes(sock: socket.socket) -> None:
 
 
 def worker_decodes(sock: socket.socket) -> None:
-    """The worker's channel reads requests until the caller's bytes end or break the protocol."""
+    """The worker reads requests as its serve loop does, until the caller's bytes end or break the protocol.
+
+    A request naming a library object the worker cannot rebuild is answered with a refusal and reading goes on
+    (``Worker.receive``), as in the worker.
+    """
     worker = Worker(sock, [])
     worker._register(SimpleNamespace(), protocol.PIPELINE_HANDLE)
     try:
         for _ in range(MAX_FRAMES):
-            request = worker.channel.recv(time.monotonic() + 5)
+            request = worker.receive(time.monotonic() + 5)
+            if request is None:
+                continue
             worker.release(request.get("release"))
             repr(request)
     except (CodecError, FrameError, PeerClosed):
@@ -436,6 +442,20 @@ def seed_inputs() -> dict[str, bytes]:
         + frame(encoded(dict(hello, layers=[{"layer": "seccomp", "active": torch.ones(2), "detail": ""}]))[0]),
         "finding_ndarray_dtype_list": bytes([0]) + ext(Ext.NDARRAY, [["float32"], [1], b"\0" * 4, False]),
         "finding_image_mode_list": bytes([0]) + ext(Ext.IMAGE, [["RGB"], 1, 1, b"\0" * 3]),
+        # msgpack's true where an integer belongs: as a generator's seed it made the worker's manual_seed raise
+        # RuntimeError. From the worker (edge_*), the caller's guard already made it a ProtocolError; the codec
+        # now says what was wrong (a shape of true made reshape raise TypeError).
+        "finding_generator_seed_true_to_worker": framed(
+            TO_WORKER, dict(call, kwargs={"generator": Ref(Ext.GENERATOR, [True, "cpu", None, 0])})
+        ),
+        "edge_generator_seed_true": bytes([0]) + ext(Ext.GENERATOR, [True, "cpu", None, 0]),
+        "edge_tensor_shape_true": bytes([0]) + ext(Ext.TENSOR, ["float32", [True, 2], b"\0" * 8, "cpu"]),
+        # A release list holding a list: `handle in self.objects` raised TypeError (unhashable).
+        "finding_release_unhashable_to_worker": framed(TO_WORKER, dict(call, release=[[1], 3])),
+        # A request naming a library object of an unknown kind: the worker answers it with a refusal.
+        "finding_library_kind_unknown_to_worker": framed(
+            TO_WORKER, dict(call, kwargs={"scheduler": Ref(Ext.LIBRARY, ["olkat32", {}])})
+        ),
     }
     return seeds
 

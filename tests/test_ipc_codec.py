@@ -205,6 +205,12 @@ def test_limits_depth_items_and_bytes_both_ways() -> None:
         msgpack.packb(msgpack.ExtType(Ext.DTYPE, msgpack.packb("__class__"))),
         msgpack.packb(msgpack.ExtType(Ext.IMAGE, msgpack.packb(["P", 2, 2, b"\x00" * 4]))),
         msgpack.packb(msgpack.ExtType(Ext.IMAGE, msgpack.packb(["RGB", 2, 2, b"\x00" * 5]))),
+        # msgpack's true and false are ints to isinstance but not to torch: a seed of true made manual_seed raise
+        # RuntimeError (found by fuzzing), a shape of true made reshape raise TypeError.
+        msgpack.packb(msgpack.ExtType(Ext.GENERATOR, msgpack.packb([True, "cpu", None, 0]))),
+        msgpack.packb(msgpack.ExtType(Ext.TENSOR, msgpack.packb(["float32", [True, 2], b"\x00" * 8, "cpu"]))),
+        msgpack.packb(msgpack.ExtType(Ext.NDARRAY, msgpack.packb(["float32", [True], b"\x00" * 4, False]))),
+        msgpack.packb(msgpack.ExtType(Ext.IMAGE, msgpack.packb(["L", True, 1, b"\x00"]))),
     ],
 )
 def test_malformed_messages_are_codec_errors(body: bytes) -> None:

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 import numpy as np
@@ -251,6 +251,11 @@ ExtDecoder = Callable[[int, Any], object]
 #: Offsets in the transfer buffer are page-aligned, so copies run on aligned memory.
 _REGION_ALIGN = 4096
 _TRANSFER_ROUND = 2 * 1024 * 1024
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """An integer as msgpack decodes one: never a bool, which is an int to ``isinstance`` but not to torch."""
+    return type(value) is int
 
 
 def _round_up(value: int, unit: int) -> int:
@@ -663,7 +668,7 @@ class Decoder:
         if (
             not isinstance(shape, list)
             or len(shape) > self.limits.max_ndim
-            or not all(isinstance(dim, int) and 0 <= dim < 2**48 for dim in shape)
+            or not all(_is_int(dim) and 0 <= dim < 2**48 for dim in shape)
         ):
             raise CodecError("an array shape is malformed")
         return tuple(shape)
@@ -680,7 +685,7 @@ class Decoder:
             if len(data) != nbytes:
                 raise CodecError(f"inline buffer holds {len(data)} bytes, not the announced {nbytes}")
             return data, "inline"
-        if isinstance(data, int) and not isinstance(data, bool) and 0 <= data < len(self._fds):
+        if _is_int(data) and 0 <= data < len(self._fds):
             if data in self._used:
                 raise CodecError("one shared-memory buffer was referenced twice")
             self._used.add(data)
@@ -795,8 +800,8 @@ class Decoder:
             len(payload) != 4
             or not isinstance(payload[0], str)
             or payload[0] not in IMAGE_MODES
-            or not isinstance(payload[1], int)
-            or not isinstance(payload[2], int)
+            or not _is_int(payload[1])
+            or not _is_int(payload[2])
             or not 0 < payload[1] <= 1 << 16
             or not 0 < payload[2] <= 1 << 16
         ):
@@ -848,10 +853,9 @@ class Decoder:
         _torch()
         if (
             len(payload) != 4
-            or not isinstance(payload[0], int)
+            or not _is_int(payload[0])
             or not 0 <= payload[0] <= _MAX_INT
-            or not isinstance(payload[3], int)
-            or isinstance(payload[3], bool)
+            or not _is_int(payload[3])
             or not 0 <= payload[3] <= len(self.generators)
         ):
             raise CodecError("a generator extension is malformed")

@@ -157,10 +157,13 @@ class Worker:
                 raise CallbackFailed(str(request.get("message", "the caller's callback failed")))
             self.dispatch(request)
 
-    def receive(self) -> dict[str, Any] | None:
-        """The next request, or ``None`` when it named a library object that cannot be rebuilt (answered here)."""
+    def receive(self, deadline: float | None = None) -> dict[str, Any] | None:
+        """The next request, or ``None`` when it named a library object that cannot be rebuilt (answered here).
+
+        The worker waits for its caller without a deadline; ``deadline`` (``time.monotonic()``) is for harnesses.
+        """
         try:
-            return self.channel.recv()
+            return self.channel.recv(deadline)
         except LibraryObjectRefused as exc:
             self.refuse(exc)
             return None
@@ -279,7 +282,7 @@ class Worker:
 
     def release(self, handles: object) -> None:
         for handle in handles if isinstance(handles, list) else []:
-            if handle != protocol.PIPELINE_HANDLE and handle in self.objects:
+            if type(handle) is int and handle != protocol.PIPELINE_HANDLE and handle in self.objects:
                 self.handle_of.pop(id(self.objects.pop(handle)), None)
 
     def load(self, request: dict[str, Any]) -> Any:
