@@ -197,13 +197,19 @@ def main() -> int:
         "semantic": semantic_floor,
     }
     blocks: dict[str, list[float]] = {name: [] for name in sides}
+    # The caller's own CPU time per call (its thread's, so the worker's and the children's are not in it): steadier
+    # than any wall-time ratio on this machine, and for the two-process sides all of it is the exchange's cost.
+    caller_cpu: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(args.rounds):
         for name, action in sides.items():
+            cpu_started = time.thread_time()
             blocks[name].append(median_time(args.repeats, action))
+            caller_cpu[name].append((time.thread_time() - cpu_started) / args.repeats)
     remote.close()
     floor.close()
     semantic_floor.close()
     call_s = {name: statistics.median(times) for name, times in blocks.items()}
+    caller_cpu_ms = {name: 1e3 * statistics.median(times) for name, times in caller_cpu.items()}
     local_call_s = call_s["local"]
     remote_call_s, floor_call_s, semantic_call_s = call_s["proxy"], call_s["floor"], call_s["semantic"]
     ratios = {
@@ -248,6 +254,10 @@ def main() -> int:
     for name, seconds, ratio in rows:
         print(f"{name:<44} {seconds:>9.4f}  {ratio}")
     print(f"caller RSS growth while the worker holds the weights: {rss_after_remote - rss_before:.1f} MiB")
+    print(
+        f"caller CPU per call: proxy {caller_cpu_ms['proxy']:.3f} ms, bare floor {caller_cpu_ms['floor']:.3f} ms, "
+        f"semantic floor {caller_cpu_ms['semantic']:.3f} ms"
+    )
     result = {
         "bench": "proxy",
         "cpu_count": os.cpu_count(),
@@ -259,6 +269,9 @@ def main() -> int:
         "call_floor_ratio": round(ratios["floor"], 4),
         "call_semantic_floor_s": round(semantic_call_s, 5),
         "call_semantic_floor_ratio": round(ratios["semantic"], 4),
+        "caller_cpu_proxy_ms": round(caller_cpu_ms["proxy"], 4),
+        "caller_cpu_floor_ms": round(caller_cpu_ms["floor"], 4),
+        "caller_cpu_semantic_floor_ms": round(caller_cpu_ms["semantic"], 4),
         "cold_local_s": round(cold_local_s, 3),
         "cold_proxy_s": round(cold_proxy_s, 3),
         "cold_ratio": round(cold_ratios["proxy"], 4),
