@@ -21,6 +21,7 @@ from safeloader.errors import (
 )
 from safeloader.localfiles import check_plain
 from safeloader.policy import Policy
+from safeloader.userpath import expand_user
 
 logger = logging.getLogger("safeloader")
 
@@ -119,7 +120,7 @@ def resolve_model(
     ``model_index.json`` is required, and pickle weights are checked folder by folder.
     """
     spec = os.fspath(pretrained_model_name_or_path)
-    local = Path(spec).expanduser()
+    local = expand_user(spec)
     if local.is_dir():
         directory = local.resolve()
         files = _list_files(directory)

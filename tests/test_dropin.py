@@ -339,6 +339,7 @@ def test_install_keeps_concrete_diffusers_classes_and_plain_in_process_loads(
     [
         ("not/a/repo/id", "InvalidSpecError"),
         ("nobody/missing-model", "RepoNotFoundError"),
+        ("~no-such-user-safeloader/model", "InvalidSpecError"),  # no such home: neither a folder nor a repo id
     ],
 )
 def test_bad_model_references_are_clear_errors(loopback_hub: Any, model: str, error: str) -> None:

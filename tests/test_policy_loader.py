@@ -116,6 +116,7 @@ def test_policy_given_as_value_path_env_or_default(tmp_path: Path, monkeypatch: 
         ("[audit.rules]\nSL1234 = 'low'\n", "'audit.rules.SL1234' names no rule"),
         ("x = " + "[" * 3000 + "]" * 3000 + "\n", "nests arrays or tables too deeply"),
         ("[policy]\nextends = 'missing.toml'\n", "does not exist"),
+        ("[policy]\nextends = '~no-such-user-safeloader/base.toml'\n", "does not exist"),  # found by fuzzing
         ("[policy]\nextends = 'nonsense'\n", "unknown built-in policy 'nonsense'"),
     ],
 )

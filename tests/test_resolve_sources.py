@@ -99,6 +99,18 @@ def test_local_py_file(tmp_path: Path, policy: Policy) -> None:
     assert set(manifest.files) == {"my_pipe.py", "consts.py"}
 
 
+def test_tilde_paths_expand_as_a_shell_expands_them(
+    tmp_path: Path, policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_pipe.py").write_bytes(CONSTS)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    manifest = resolve_pipeline("~/my_pipe.py", policy=policy)
+    assert manifest.source_id == f"local:{(tmp_path / 'my_pipe.py').resolve()}" and manifest.entry == "my_pipe.py"
+    # ~name of no user stays as written, as in a shell (pathlib's expanduser raised RuntimeError here).
+    with pytest.raises(EntryFileNotFoundError, match=r"~no-such-user-safeloader/pipe\.py does not exist"):
+        resolve_pipeline("~no-such-user-safeloader/pipe.py", policy=policy)
+
+
 def test_local_symlink_out_of_root_refused(tmp_path: Path, policy: Policy) -> None:
     outside = tmp_path / "outside.py"
     outside.write_bytes(b"X = 1\n")

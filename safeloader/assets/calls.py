@@ -23,6 +23,7 @@ from safeloader.assets.registry import HUB_KWARGS, OUTPUT_KWARGS, AssetMethod, A
 from safeloader.assets.resolve import ResolvedAsset, Selection, resolve_argument
 from safeloader.errors import SafeLoaderError, UnsupportedValueError
 from safeloader.ipc import protocol
+from safeloader.userpath import expand_user
 
 #: Files per stage request (each file of 1 MiB or more travels in its own memfd; a frame carries 64).
 _FILES_PER_STAGE = 32
@@ -163,7 +164,7 @@ class AssetCall:
             or not isinstance(reply.get("path"), str)
         ):
             raise UnsupportedValueError("the worker could not make an output folder; load the pipeline again.")
-        self.outputs.append((reply["id"], Path(os.fspath(value)).expanduser()))
+        self.outputs.append((reply["id"], expand_user(value)))
         arguments.set(parameter.name, parameter.position, reply["path"])
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

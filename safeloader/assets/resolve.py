@@ -28,6 +28,7 @@ from safeloader.errors import (
     SourceDenied,
 )
 from safeloader.policy import Policy, source_allowed
+from safeloader.userpath import expand_user
 
 logger = logging.getLogger("safeloader")
 
@@ -184,7 +185,7 @@ def _checked(files: Mapping[str, bytes], policy: Policy) -> dict[str, bytes]:
 
 def resolve_local(path: Path, selection: Selection, policy: Policy) -> ResolvedAsset:
     """A local file (handed over alone) or folder (the files ``selection`` reads)."""
-    real = path.expanduser().resolve()
+    real = expand_user(path).resolve()
     check_source(policy, f"local:{real}")
     if real.is_file():
         if selection.role == "config":
@@ -260,7 +261,7 @@ def resolve_argument(
 ) -> ResolvedAsset:
     """Resolve one path, repo id or Hub file URL the caller passed to an asset-taking method."""
     spec = os.fspath(value)
-    local = Path(spec).expanduser()
+    local = expand_user(spec)
     if local.exists():
         return resolve_local(local, selection, policy)
     url = _hub_url(spec) if selection.role == "single_file" else None

@@ -41,6 +41,7 @@ from safeloader.audit.model import ImportRecord, RestrictedOutcome
 from safeloader.policy.schema import Policy
 from safeloader.resolve.cache_mac import load_or_create_secret, mac_valid, seal
 from safeloader.resolve.private_dir import ensure_private_subdir, secure_root
+from safeloader.userpath import expand_user
 
 FORMAT = 1
 #: The MAC's slot name: an audit entry can never stand in for a resolver record, nor the other way round.
@@ -53,7 +54,7 @@ def cache_root() -> Path:
     """``$SAFELOADER_CACHE``, else the platform's user cache directory (as the resolver's cache)."""
     configured = os.environ.get("SAFELOADER_CACHE")
     if configured:
-        return Path(configured).expanduser()
+        return expand_user(configured)
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("safeloader"))

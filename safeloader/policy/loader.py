@@ -22,6 +22,7 @@ from safeloader.policy.schema import (
     SourcesPolicy,
     WeightsPolicy,
 )
+from safeloader.userpath import expand_user
 
 # policies/ of the checkout (also an editable install); an installed wheel carries them as data files.
 _CHECKOUT_POLICY_DIR = Path(__file__).resolve().parent.parent.parent / "policies"
@@ -156,7 +157,7 @@ def _locate(ref: str, base_dir: Path | None) -> Path:
         raise PolicyError(
             f"unknown built-in policy {ref!r}; use one of {', '.join(BUILTIN_NAMES)} or a path to a .toml file."
         )
-    path = Path(ref).expanduser()
+    path = expand_user(ref)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if not path.is_file():
@@ -201,7 +202,7 @@ def _resolve_keys(keys: list[str], base_dir: Path) -> list[str]:
         if key.startswith("ed25519:"):
             resolved.append(key)
         else:
-            path = Path(key).expanduser()
+            path = expand_user(key)
             resolved.append(str(path if path.is_absolute() else (base_dir / path).resolve()))
     return resolved
 

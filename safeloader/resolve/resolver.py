@@ -47,6 +47,7 @@ from safeloader.resolve.spec import (
     local_target,
     model_repo_target,
 )
+from safeloader.userpath import expand_user
 
 if TYPE_CHECKING:
     from safeloader.verify.verifier import VerificationResult
@@ -445,7 +446,7 @@ def resolve_local_files(directory: str | os.PathLike[str], entries: Sequence[str
     """
     from safeloader.verify import verify_manifest
 
-    root = Path(directory).expanduser().resolve()
+    root = expand_user(directory).resolve()
     if not entries:
         raise EntryFileNotFoundError(f"no code file of {root} was named; pass a path such as 'unet/x.py'.")
     for entry in entries:

@@ -19,6 +19,7 @@ from typing import Literal
 
 from safeloader.errors import EntryFileNotFoundError, InvalidSpecError, RevisionNotFoundError
 from safeloader.resolve.hub import is_commit
+from safeloader.userpath import expand_user
 
 COMMUNITY_MIRROR_ID = "diffusers/community-pipelines-mirror"
 PIPELINE_FILE = "pipeline.py"
@@ -91,7 +92,7 @@ def community_target(name: str, revision: str | None) -> RemoteTarget:
 
 def local_target(spec: str) -> LocalTarget | None:
     """A local file or directory target, or ``None`` when ``spec`` is not a local path."""
-    path = Path(spec).expanduser()
+    path = expand_user(spec)
     if spec.endswith(".py"):
         if not path.is_file():
             raise EntryFileNotFoundError(
