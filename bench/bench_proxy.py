@@ -21,7 +21,7 @@ from pathlib import Path
 from safeloader._demo.tiny_model import build_tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import median_time
+from _timing import median_interval, median_time
 
 COLD_IN_PROCESS = """
 import sys, torch
@@ -146,8 +146,8 @@ def cold_start(script: str, model_dir: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=11, help="calls per block")
-    parser.add_argument("--rounds", type=int, default=11, help="rounds of one block per side")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per block, after one untimed call")
+    parser.add_argument("--rounds", type=int, default=80, help="rounds of one block per side")
     parser.add_argument("--cold-repeats", type=int, default=7, help="counted rounds of fresh processes")
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/safeloader-bench-model"))
     args = parser.parse_args()
@@ -185,11 +185,13 @@ def main() -> int:
     run(local)
     floor()
     semantic_floor()
-    # Alternating blocks, so that load from other processes on the machine hits all sides alike; blocks rather
-    # than single calls, because the idle side's OpenMP threads spin for a while after each call and would
-    # steal one of the few cores from the other side. Each ratio is the median over rounds of a block's median
-    # against the in-process block of the same round: this virtual machine has slow phases of seconds (the same
-    # call takes 24 or 40 ms) that a ratio of medians over the whole run would take for a difference of design.
+    # Alternating short blocks, so that the slow phases of this virtual machine (the same call takes 24 or 40 ms
+    # for seconds at a time) hit all sides alike. Each block starts with one untimed call: the side before it
+    # leaves its OpenMP threads spinning for about 8 ms after its last call (measured), which steals one of the
+    # few cores from whatever runs next. Each ratio is the median over rounds of a block's median against the
+    # in-process block of the same round. Short blocks and many rounds, rather than blocks of 11 calls: a round
+    # then lasts a third of a second, not a second and more, and in three paired runs the 95 % interval of the
+    # median was under half as wide.
     sides: dict[str, Callable[[], object]] = {
         "local": lambda: run(local),
         "proxy": lambda: run(remote),
@@ -202,6 +204,7 @@ def main() -> int:
     caller_cpu: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(args.rounds):
         for name, action in sides.items():
+            action()
             cpu_started = time.thread_time()
             blocks[name].append(median_time(args.repeats, action))
             caller_cpu[name].append((time.thread_time() - cpu_started) / args.repeats)
@@ -212,10 +215,11 @@ def main() -> int:
     caller_cpu_ms = {name: 1e3 * statistics.median(times) for name, times in caller_cpu.items()}
     local_call_s = call_s["local"]
     remote_call_s, floor_call_s, semantic_call_s = call_s["proxy"], call_s["floor"], call_s["semantic"]
-    ratios = {
-        name: statistics.median(side / here for side, here in zip(times, blocks["local"], strict=True))
-        for name, times in blocks.items()
+    round_ratios = {
+        name: [side / here for side, here in zip(times, blocks["local"], strict=True)] for name, times in blocks.items()
     }
+    ratios = {name: statistics.median(values) for name, values in round_ratios.items()}
+    intervals = {name: median_interval(values) for name, values in round_ratios.items()}
 
     # Fresh processes, interleaved like the calls and compared per round. One round first that is not counted:
     # the first start of a script may read its files from disk (the kernel of these virtual machines runs a
@@ -235,11 +239,15 @@ def main() -> int:
         for name, times in starts.items()
     }
 
+    def interval(name: str) -> str:
+        low, high = intervals[name]
+        return f"{ratios[name]:.3f}x (95 % interval {low:.3f}-{high:.3f})"
+
     rows = [
         ("call, tiny DDPM 10 steps PIL: in-process", local_call_s, ""),
-        ("call, tiny DDPM 10 steps PIL: proxy", remote_call_s, f"{ratios['proxy']:.3f}x (goal <=1.02x)"),
-        ("call: bare two-process floor (reference)", floor_call_s, f"{ratios['floor']:.3f}x"),
-        ("call: floor + generator state + output (ref.)", semantic_call_s, f"{ratios['semantic']:.3f}x"),
+        ("call, tiny DDPM 10 steps PIL: proxy", remote_call_s, f"{interval('proxy')} (goal <=1.02x)"),
+        ("call: bare two-process floor (reference)", floor_call_s, interval("floor")),
+        ("call: floor + generator state + output (ref.)", semantic_call_s, interval("semantic")),
         ("cold start (fresh process): in-process", cold_local_s, ""),
         ("cold start (fresh process): drop-in", cold_proxy_s, f"{cold_ratios['proxy']:.3f}x (goal <=1.10x)"),
         ("cold start: drop-in before import torch", cold_early_s, f"{cold_ratios['early']:.3f}x"),
@@ -265,10 +273,14 @@ def main() -> int:
         "call_local_s": round(local_call_s, 5),
         "call_proxy_s": round(remote_call_s, 5),
         "call_ratio": round(ratios["proxy"], 4),
+        "call_ratio_interval": [round(bound, 4) for bound in intervals["proxy"]],
         "call_floor_s": round(floor_call_s, 5),
         "call_floor_ratio": round(ratios["floor"], 4),
+        "call_floor_ratio_interval": [round(bound, 4) for bound in intervals["floor"]],
         "call_semantic_floor_s": round(semantic_call_s, 5),
         "call_semantic_floor_ratio": round(ratios["semantic"], 4),
+        "call_semantic_floor_ratio_interval": [round(bound, 4) for bound in intervals["semantic"]],
+        "call_rounds": args.rounds,
         "caller_cpu_proxy_ms": round(caller_cpu_ms["proxy"], 4),
         "caller_cpu_floor_ms": round(caller_cpu_ms["floor"], 4),
         "caller_cpu_semantic_floor_ms": round(caller_cpu_ms["semantic"], 4),
