@@ -40,24 +40,13 @@ from safeloader.audit.analyzer import FileAnalysis, RawHit, RelativeImport
 from safeloader.audit.model import ImportRecord, RestrictedOutcome
 from safeloader.policy.schema import Policy
 from safeloader.resolve.cache_mac import load_or_create_secret, mac_valid, seal
-from safeloader.resolve.private_dir import ensure_private_subdir, secure_root
-from safeloader.userpath import expand_user
+from safeloader.resolve.private_dir import cache_root, ensure_private_subdir, secure_root
 
 FORMAT = 1
 #: The MAC's slot name: an audit entry can never stand in for a resolver record, nor the other way round.
 MAC_PURPOSE = "audit-result"
 _MAX_ENTRY_BYTES = 4 * 1024 * 1024
 _TEMP_COUNTER = itertools.count()
-
-
-def cache_root() -> Path:
-    """``$SAFELOADER_CACHE``, else the platform's user cache directory (as the resolver's cache)."""
-    configured = os.environ.get("SAFELOADER_CACHE")
-    if configured:
-        return expand_user(configured)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("safeloader"))
 
 
 def _auditor_digest() -> str:

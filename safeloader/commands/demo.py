@@ -17,7 +17,7 @@ from safeloader._demo.tiny_model import ONE_STEP_PIPELINE_SOURCE, build_tiny_mod
 
 
 def demo_root() -> Path:
-    from safeloader.resolve.cache import cache_root
+    from safeloader.resolve.private_dir import cache_root
 
     return cache_root() / "demo"
 

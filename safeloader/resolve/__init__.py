@@ -10,9 +10,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from safeloader.resolve.cache import Cache, cache_root, private_subdir, secure_cache_root
+    from safeloader.resolve.cache import Cache, private_subdir, secure_cache_root
     from safeloader.resolve.hub import hub_endpoint, normalized_endpoint, resolve_commit
     from safeloader.resolve.manifest import Manifest
+    from safeloader.resolve.private_dir import cache_root
     from safeloader.resolve.resolver import (
         list_files_checked,
         resolve_local_files,
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "Cache": "cache",
-    "cache_root": "cache",
+    "cache_root": "private_dir",
     "private_subdir": "cache",
     "secure_cache_root": "cache",
     "hub_endpoint": "hub",

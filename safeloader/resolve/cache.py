@@ -31,21 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import filelock
-import platformdirs
 
 from safeloader.errors import CacheError, IntegrityError
 from safeloader.resolve.cache_mac import load_or_create_secret, mac_valid, seal
 from safeloader.resolve.manifest import Manifest, sha256_hex
-from safeloader.resolve.private_dir import PRIVATE_FILE_MODE, ensure_private_subdir, secure_root
-from safeloader.userpath import expand_user
+from safeloader.resolve.private_dir import PRIVATE_FILE_MODE, cache_root, ensure_private_subdir, secure_root
 
 _LOCK_TIMEOUT_S = 600.0
-
-
-def cache_root() -> Path:
-    """The cache directory as configured, read from ``$SAFELOADER_CACHE`` at call time (not checked)."""
-    configured = os.environ.get("SAFELOADER_CACHE")
-    return expand_user(configured) if configured else Path(platformdirs.user_cache_dir("safeloader"))
 
 
 def secure_cache_root() -> Path:

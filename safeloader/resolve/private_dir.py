@@ -15,10 +15,25 @@ import stat
 from pathlib import Path
 
 from safeloader.errors import CacheError
+from safeloader.userpath import expand_user
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+
+
+def cache_root() -> Path:
+    """``$SAFELOADER_CACHE`` read at call time, else the platform's user cache directory (not checked here).
+
+    One root for the resolver's records and the audit's results; ``platformdirs`` is imported only when the
+    variable is unset, which keeps ``safeloader audit``'s start-up short.
+    """
+    configured = os.environ.get("SAFELOADER_CACHE")
+    if configured:
+        return expand_user(configured)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("safeloader"))
 
 
 def _lstat(path: Path) -> os.stat_result:
