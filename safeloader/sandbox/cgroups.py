@@ -6,7 +6,9 @@ hierarchy exists is detected at run time, never assumed:
 
 * cgroup v2 with the ``memory`` and ``pids`` controllers (systemd hosts): ``memory.max``,
   ``memory.swap.max = 0``, ``pids.max``, in a child of the caller's cgroup whose ``subtree_control``
-  already delegates both controllers, or under ``/safeloader`` when the caller sits in the root cgroup;
+  already delegates both controllers, else under ``/safeloader`` at the hierarchy's root when the caller sits
+  in the root cgroup or is root (a root caller on a systemd host sits in a session scope or a service, where
+  the no-internal-process rule keeps both controllers off: a group that holds processes cannot hand them on);
 * cgroup v1 ``memory`` and ``pids`` hierarchies (these machines: a hybrid layout whose v2 side has only
   ``hugetlb``): ``memory.limit_in_bytes``, ``memory.memsw.limit_in_bytes`` when swap accounting is on,
   ``pids.max``, each in a child of the caller's own group in that hierarchy.
@@ -103,9 +105,17 @@ def _v2_parent() -> tuple[Path | None, str]:
         return None, f"the cgroup v2 hierarchy offers only [{' '.join(available)}] here, not memory and pids"
     if group == "/":
         return own / V2_PARENT_NAME, ""
-    delegated = (own / "cgroup.subtree_control").read_text().split()
+    try:
+        delegated = (own / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        delegated = []
     if "memory" in delegated and "pids" in delegated and os.access(own, os.W_OK):
         return own, ""
+    # Moving the launcher from the caller's group into one under the root needs write access to the root's
+    # cgroup.procs (their common ancestor): root has it where the hierarchy's root is visible and writable.
+    root = Path(mount[1])
+    if mount[0] == "/" and os.geteuid() == 0 and os.access(root / "cgroup.procs", os.W_OK):
+        return root / V2_PARENT_NAME, ""
     return None, f"the caller's cgroup v2 group {group} does not delegate memory and pids to children"
 
 
