@@ -18,7 +18,7 @@ import pytest
 
 from safeloader import DiffusionPipeline
 from safeloader.cli import main as cli_main
-from safeloader.errors import WorkerCrashed
+from safeloader.errors import SandboxError, WorkerCrashed
 from safeloader.policy import load_policy, with_overrides
 from safeloader.policy.schema import SandboxPolicy
 from safeloader.sandbox import cgroups, resources, syscalls
@@ -269,3 +269,35 @@ def test_groups_left_by_a_dead_caller_are_swept_and_a_closed_worker_leaves_none(
     finally:
         group.remove()
     assert not group.memory_dir.exists() and not group.pids_dir.exists()
+
+
+def _group_the_kernel_refuses(tmp_path: Path) -> cgroups.WorkerCgroup:
+    """A worker group whose cgroup.procs cannot be written: the move into it fails as a refused one would."""
+    gone = tmp_path / "removed-group"
+    return cgroups.WorkerCgroup(2, gone, gone, 1024 << 20, 64)
+
+
+def test_a_refused_move_into_an_optional_cgroup_turns_the_layer_off_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(cgroups, "create", lambda memory_bytes, pids_max: _group_the_kernel_refuses(tmp_path))
+    policy = SandboxPolicy(memory_limit_mb=1024, threads=1, require=("environment", "privileges", "processes"))
+
+    returncode, output, _cause, worker = run_snippet("print('ran')", policy=policy)
+
+    assert returncode == 0 and "ran" in output
+    layer = next(status for status in worker.report.layers if status.layer == "cgroup")
+    assert not layer.active and "joining the worker's cgroup failed" in layer.detail
+    assert "cgroup v" not in worker.report.facts["memory_bound"]
+    assert worker.report.facts["cgroup"] is None
+    assert "SANDBOX LAYER OFF: 'cgroup'" in caplog.text
+
+
+def test_a_refused_move_into_a_required_cgroup_refuses_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cgroups, "create", lambda memory_bytes, pids_max: _group_the_kernel_refuses(tmp_path))
+    policy = SandboxPolicy(memory_limit_mb=1024, threads=1, require=("environment", "privileges", "cgroup"))
+
+    with pytest.raises(SandboxError, match="'cgroup' is required by the policy but joining the worker's cgroup"):
+        spawn_worker(policy, argv=["-c", PRELUDE + "print('never')"])

@@ -67,10 +67,25 @@ def _mount_view(config: dict[str, Any]) -> None:
 
 
 def _enter_cgroup(config: dict[str, Any]) -> None:
-    """Join the worker's memory/pids group before anything forks, shielded from the OOM killer."""
-    if config["cgroup_procs"]:
-        cgroups.shield_from_oom_killer()
+    """Join the worker's memory/pids group before anything forks, shielded from the OOM killer.
+
+    When the kernel refuses the move, a group the policy requires ends the start; one it does not require is
+    given up, and the caller is told so that it reports the layer off.
+    """
+    if not config["cgroup_procs"]:
+        return
+    try:
         cgroups.join(config["cgroup_procs"])
+    except OSError as exc:
+        if config["cgroup_required"]:
+            raise OSError(
+                f"the sandbox layer 'cgroup' is required by the policy but joining the worker's cgroup failed "
+                f"({exc}); remove 'cgroup' from 'sandbox.require' in your policy to run without it"
+            ) from exc
+        config["cgroup_procs"] = None  # no group: the worker has no OOM killer of its own to volunteer for
+        _say(config["status_fd"], cgroup_error=f"joining the worker's cgroup failed ({exc})")
+        return
+    cgroups.shield_from_oom_killer()
 
 
 def _exec_worker(config: dict[str, Any], sock: int, status: int) -> NoReturn:

@@ -364,6 +364,7 @@ def spawn_worker(
                 if tmpfs
                 else None,
                 "cgroup_procs": group.procs_files if group is not None else None,
+                "cgroup_required": "cgroup" in policy.require,
                 "landlock": plan.to_dict() if "filesystem" not in missing else None,
                 "rlimits": limits,
                 "cwd": str(tmp),
@@ -379,7 +380,13 @@ def spawn_worker(
         if group is not None:
             group.remove()
         raise
-    facts = _bounds_facts(policy, group, tmpfs, program)
+    if worker.report.facts.get("cgroup_error"):
+        # The group was made but the kernel refused the launcher's move into it; the policy does not require
+        # the layer (else the start failed). The group stays with the worker, which removes it at close.
+        missing["cgroup"] = worker.report.facts["cgroup_error"]
+        log.warning("SANDBOX LAYER OFF: 'cgroup' could not be set up (%s)", missing["cgroup"])
+    joined = group if "cgroup" not in missing else None
+    facts = _bounds_facts(policy, joined, tmpfs, program)
     details = {
         "environment": environment.status(env, True).detail,
         "privileges": f"host uid {uid}/gid {gid} in its own user namespace; no capabilities; no_new_privs",
@@ -387,7 +394,7 @@ def spawn_worker(
         "processes": processes.DETAIL + (processes.SIGNAL_SCOPE_DETAIL if filesystem.abi_version() >= 6 else ""),
         "filesystem": worker.report.facts.get("landlock", ""),
         "resources": resources.detail(limits, facts["memory_bound"]) + "; " + facts["tmp_bound"],
-        "cgroup": group.describe() if group is not None else "",
+        "cgroup": joined.describe() if joined is not None else "",
     }
     layers = _layer_statuses(policy, missing, details)
     worker.report = SandboxReport(
@@ -454,6 +461,11 @@ def _launch(
         raise SandboxError(f"the sandboxed worker could not start: {reason}")
     worker.pid = int(messages["worker_pid"])
     worker.report = SandboxReport(
-        (), facts={"landlock": messages.get("landlock", ""), "in_worker": messages["in_worker"]}
+        (),
+        facts={
+            "landlock": messages.get("landlock", ""),
+            "in_worker": messages["in_worker"],
+            **({"cgroup_error": str(messages["cgroup_error"])} if messages.get("cgroup_error") else {}),
+        },
     )
     return worker
